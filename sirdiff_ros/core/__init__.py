@@ -1,0 +1,1 @@
+"""ROS-free core: geometry, frames, keyframes, view selection, restorers."""
