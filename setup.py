@@ -1,17 +1,40 @@
 """Python packaging for the plain-venv path (``pip install -e .``).
 
-On a ROS 2 install the package is built by colcon with ament_cmake
-(CMakeLists.txt), which installs the same Python package next to the
-generated messages; the console scripts below are mirrored there.
+On a ROS 2 install colcon builds the package with ament_cmake
+(CMakeLists.txt): it generates the messages and installs this Python
+package, ``lib/sirdiff_ros/restore_node`` and ``share/sirdiff_ros/{launch,config}``.
+Here the same launch/config files go to ``<venv>/share/sirdiff_ros`` and the
+node starts from the ``restore_node`` / ``sirdiff-restore`` console scripts.
+The messages are built into the venv by ``scripts/build_msgs.sh``.
 """
+
+from __future__ import annotations
+
+import re
+from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = "sirdiff_ros"
+HERE = Path(__file__).resolve().parent
+
+
+def _version() -> str:
+    # package.xml is the single source of the version (colcon reads it too).
+    m = re.search(r"<version>([^<]+)</version>", (HERE / "package.xml").read_text())
+    if m is None:
+        raise RuntimeError("package.xml has no <version>")
+    return m.group(1).strip()
+
+
+def _data(folder: str, pattern: str) -> list[str]:
+    return sorted(glob(f"{folder}/{pattern}", root_dir=HERE))
+
 
 setup(
     name=PACKAGE,
-    version="0.1.0",
+    version=_version(),
     description="Multi-view diffusion restoration of motion-blurred SLAM keyframes (SIR-Diff) for ROS 2",
     license="Apache-2.0",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
@@ -19,10 +42,8 @@ setup(
     include_package_data=True,
     package_data={PACKAGE: ["weights/*.safetensors", "weights/*.json", "weights/*.md"]},
     data_files=[
-        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
-        (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/launch", ["launch/restore.launch.py"]),
-        (f"share/{PACKAGE}/config", ["config/restore.yaml"]),
+        (f"share/{PACKAGE}/launch", _data("launch", "*.launch.py")),
+        (f"share/{PACKAGE}/config", _data("config", "*.yaml") + _data("config", "*.xml")),
     ],
     entry_points={
         "console_scripts": [
