@@ -1,0 +1,339 @@
+"""The online restoration pipeline: keyframes -> blur gate -> view selection -> restorer.
+
+Two calls, so that the node can split them over threads:
+
+* :meth:`RestorationPipeline.ingest` (ingest thread, fast: one sharpness score
+  and a keyframe decision) returns a :class:`FrameDecision`;
+* :meth:`RestorationPipeline.restore` (worker thread) selects partners from the
+  keyframes *already in the buffer before the target* (online and causal),
+  runs the restorer and returns a :class:`RestorationOutcome`. It never raises
+  on a backend failure: the original image comes back with reason
+  ``backend_error`` and the exception in ``error``.
+
+:meth:`RestorationPipeline.process` does both synchronously (offline replay).
+
+Blur gate: a keyframe is a restoration *target* only when its sharpness is
+below ``blur_ratio`` times the reference sharpness of its recent peers, the
+``gate_quantile`` quantile of the previous ``gate_window`` keyframes' scores
+(a high quantile: the reference is what a *sharp* recent frame scores, robust
+to a few blurred ones). Keyframes above it pass through untouched with reason
+``sharp``. Until ``gate_min_peers`` earlier keyframes exist there is no
+reference and keyframes pass with reason ``no_reference``.
+
+Reasons a frame is passed through (``RestorationOutcome.reason``):
+``not_keyframe``, ``no_pose``, ``no_reference``, ``sharp``, ``no_partners``,
+``backend_error``, or the backend's own reason (e.g. ``passthrough``,
+``no_sharper_partner``). Empty when restored.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+
+from .blur import sharpness as sharpness_score
+from .frame import Frame
+from .keyframes import Admission, Keyframe, KeyframeBuffer, KeyframeConfig
+from .restorers.base import RestoreRequest, Restorer, create_restorer
+from .selection import SelectionConfig, ViewSelection, select_views
+
+__all__ = [
+    "OUTCOME_RESTORED",
+    "OUTCOME_PASSED_THROUGH",
+    "PipelineConfig",
+    "FrameDecision",
+    "RestorationOutcome",
+    "RestorationPipeline",
+]
+
+# Mirrors KeyframeSet.msg's OUTCOME_* constants.
+OUTCOME_RESTORED = 0
+OUTCOME_PASSED_THROUGH = 1
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Pipeline parameters (defaults suit a 30 Hz camera at walking speed).
+
+    ``num_views`` is the size of the view set including the target.
+    ``min_overlap``, ``depth_range`` and the selection fields feed
+    :class:`~sirdiff_ros.core.selection.SelectionConfig` (see there).
+    """
+
+    keyframe: KeyframeConfig = field(default_factory=KeyframeConfig)
+    num_views: int = 4
+    min_overlap: float = 0.3
+    blur_ratio: float = 0.7
+    gate_window: int = 10
+    gate_quantile: float = 0.75
+    gate_min_peers: int = 2
+    depth_range: tuple[float, float] = (0.5, 10.0)
+    sharpness_weight: float = 0.5
+    duplicate_penalty: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {self.num_views}")
+        if not 0.0 < self.blur_ratio <= 1.0:
+            raise ValueError(f"blur_ratio must be in (0, 1], got {self.blur_ratio}")
+        if self.gate_window < 1 or self.gate_min_peers < 1 or self.gate_min_peers > self.gate_window:
+            raise ValueError("need 1 <= gate_min_peers <= gate_window")
+        if not 0.0 <= self.gate_quantile <= 1.0:
+            raise ValueError(f"gate_quantile must be in [0, 1], got {self.gate_quantile}")
+        self.selection  # validates the selection fields too
+
+    @property
+    def selection(self) -> SelectionConfig:
+        return SelectionConfig(
+            min_overlap=self.min_overlap,
+            depth_range=self.depth_range,
+            sharpness_weight=self.sharpness_weight,
+            duplicate_penalty=self.duplicate_penalty,
+        )
+
+
+@dataclass(frozen=True)
+class FrameDecision:
+    """What :meth:`RestorationPipeline.ingest` decided for one frame.
+
+    ``reason`` is empty for targets, else why the frame is not one.
+    ``reference_sharpness`` is the gate's reference (NaN without one).
+    ``admission`` is the keyframe buffer's verdict; ``ingest_time`` a
+    ``time.monotonic()`` reading taken on arrival.
+    """
+
+    frame: Frame
+    sharpness: float
+    is_keyframe: bool
+    is_target: bool
+    reason: str
+    reference_sharpness: float = math.nan
+    admission: Admission | None = None
+    ingest_time: float = 0.0
+
+
+@dataclass
+class RestorationOutcome:
+    """The result for one frame; ``views`` always holds at least the frame itself.
+
+    ``views``, ``overlaps``, ``sharpness_before`` and ``sharpness_after`` are
+    parallel, in model order (target first, see
+    :mod:`sirdiff_ros.core.selection`); ``sharpness_after`` is NaN for members
+    whose restored image was not requested. ``latency_s`` is the backend call,
+    ``end_to_end_s`` arrival to outcome.
+    """
+
+    decision: FrameDecision
+    image: np.ndarray
+    restored: bool
+    reason: str
+    views: list[Frame]
+    target_index: int
+    overlaps: list[float]
+    sharpness_before: list[float]
+    sharpness_after: list[float]
+    backend: str
+    device: str
+    latency_s: float = 0.0
+    end_to_end_s: float = 0.0
+    error: Exception | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def frame(self) -> Frame:
+        return self.decision.frame
+
+    def keyframe_set_fields(self) -> dict[str, Any]:
+        """Plain values with the field names and nesting of ``msg/KeyframeSet.msg``.
+
+        Times are ``{'sec', 'nanosec'}``; poses ``{'position': {x,y,z},
+        'orientation': {x,y,z,w}}`` (identity for a view without pose).
+        """
+        tgt = self.views[self.target_index]
+        views = []
+        for i, v in enumerate(self.views):
+            views.append(
+                {
+                    "header": _header(v),
+                    "pose": _pose_fields(v),
+                    "overlap": float(self.overlaps[i]),
+                    "sharpness_before": float(self.sharpness_before[i]),
+                    "sharpness_after": float(self.sharpness_after[i]),
+                    "is_target": i == self.target_index,
+                }
+            )
+        return {
+            "header": _header(tgt),
+            "target_stamp": _time(tgt.stamp_ns),
+            "target_index": int(self.target_index),
+            "views": views,
+            "backend": self.backend,
+            "device": self.device,
+            "latency_ms": float(self.latency_s * 1e3),
+            "end_to_end_ms": float(self.end_to_end_s * 1e3),
+            "outcome": OUTCOME_RESTORED if self.restored else OUTCOME_PASSED_THROUGH,
+            "reason": self.reason,
+        }
+
+
+def _time(stamp_ns: int) -> dict[str, int]:
+    return {"sec": int(stamp_ns // 1_000_000_000), "nanosec": int(stamp_ns % 1_000_000_000)}
+
+
+def _header(frame: Frame) -> dict[str, Any]:
+    return {"stamp": _time(frame.stamp_ns), "frame_id": frame.frame_id}
+
+
+def _pose_fields(frame: Frame) -> dict[str, dict[str, float]]:
+    if frame.pose is None:
+        t, q = np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0])
+    else:
+        t, q = frame.pose.translation, frame.pose.quaternion
+    return {
+        "position": {"x": float(t[0]), "y": float(t[1]), "z": float(t[2])},
+        "orientation": {"x": float(q[0]), "y": float(q[1]), "z": float(q[2]), "w": float(q[3])},
+    }
+
+
+class RestorationPipeline:
+    """Keyframe buffer + blur gate + view selection + a restorer (module docstring).
+
+    ``restorer`` is a :class:`Restorer` or a backend name for
+    :func:`create_restorer` (default ``passthrough``).
+    """
+
+    def __init__(self, config: PipelineConfig | None = None, restorer: Restorer | str = "passthrough") -> None:
+        self.config = config or PipelineConfig()
+        self.restorer: Restorer = create_restorer(restorer) if isinstance(restorer, str) else restorer
+        self.buffer = KeyframeBuffer(self.config.keyframe)
+        self._lock = threading.Lock()  # admission + gating
+        self._count_lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    # -- ingest ------------------------------------------------------------------
+    def ingest(self, frame: Frame) -> FrameDecision:
+        """Score ``frame``, admit it as a keyframe or not, and gate it (thread-safe)."""
+        t0 = time.monotonic()
+        s = sharpness_score(frame.image)
+        cfg = self.config
+        # One lock around admission and gating keeps the reference (previous
+        # keyframes) consistent with the admission when two threads ingest.
+        with self._lock:
+            adm = self.buffer.consider(frame, sharpness=s)
+            ref = math.nan
+            if not adm.admitted:
+                reason = "no_pose" if adm.reason == "no_pose" else "not_keyframe"
+                is_target = False
+            else:
+                kf = cast(Keyframe, adm.keyframe)  # set whenever admitted
+                peers = self.buffer.recent_sharpness(cfg.gate_window, before_index=kf.index)
+                if peers.size < cfg.gate_min_peers:
+                    reason, is_target = "no_reference", False
+                else:
+                    ref = float(np.quantile(peers, cfg.gate_quantile))
+                    is_target = s < cfg.blur_ratio * ref
+                    reason = "" if is_target else "sharp"
+            self._count("frames")
+            self._count("keyframes" if adm.admitted else "not_keyframes")
+            self._count("targets" if is_target else f"passed.{reason}")
+        return FrameDecision(frame, s, adm.admitted, is_target, reason, ref, adm, t0)
+
+    # -- restore -----------------------------------------------------------------
+    def select(self, decision: FrameDecision) -> ViewSelection:
+        """The view set :meth:`restore` would use for ``decision``'s frame."""
+        return select_views(decision.frame, self.buffer.snapshot(), self.config.num_views, self.config.selection)
+
+    def restore(self, decision: FrameDecision, restorer: Restorer | None = None) -> RestorationOutcome:
+        """Restore a target (or pass a non-target through); thread-safe, never raises
+        on backend failure (reason ``backend_error``, ``error`` set)."""
+        backend = restorer or self.restorer
+        frame = decision.frame
+        if not decision.is_target:
+            return self._passed(decision, [frame], [1.0], [decision.sharpness], decision.reason, backend)
+        sel = self.select(decision)
+        views, overlaps = list(sel.views), list(sel.overlaps)
+        before = [decision.sharpness] + [k.sharpness for k in sel.partners]
+        if len(views) < 2:
+            return self._passed(decision, views, overlaps, before, "no_partners", backend)
+        request = RestoreRequest(views=views, targets=[0], overlaps=overlaps)
+        t0 = time.perf_counter()
+        try:
+            result = backend.restore(request)
+            rv = result.for_index(0)
+            if rv.image.shape != frame.image.shape or rv.image.dtype != frame.image.dtype:
+                raise ValueError(
+                    f"backend {backend.name!r} returned {rv.image.dtype}{rv.image.shape} "
+                    f"for a {frame.image.dtype}{frame.image.shape} image"
+                )
+        except Exception as exc:  # any backend failure degrades to passthrough
+            out = self._passed(decision, views, overlaps, before, "backend_error", backend)
+            out.error = exc
+            out.latency_s = time.perf_counter() - t0
+            self._count("backend_errors")
+            return out
+        latency = time.perf_counter() - t0
+        after = [math.nan] * len(views)
+        after[0] = float(sharpness_score(rv.image)) if rv.restored else decision.sharpness
+        self._count("restored" if rv.restored else f"passed.{rv.reason or 'backend_declined'}")
+        return RestorationOutcome(
+            decision=decision,
+            image=rv.image if rv.restored else frame.image,
+            restored=bool(rv.restored),
+            reason="" if rv.restored else (rv.reason or "backend_declined"),
+            views=views,
+            target_index=0,
+            overlaps=overlaps,
+            sharpness_before=before,
+            sharpness_after=after,
+            backend=result.backend,
+            device=result.device,
+            latency_s=latency,
+            end_to_end_s=time.monotonic() - decision.ingest_time,
+            info=dict(rv.info),
+        )
+
+    def process(self, frame: Frame) -> RestorationOutcome:
+        """``restore(ingest(frame))``, synchronously (offline evaluation)."""
+        return self.restore(self.ingest(frame))
+
+    # -- statistics ----------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """Totals since construction: frames, keyframes, targets, restored,
+        ``passed.<reason>``, backend_errors."""
+        with self._count_lock:
+            return dict(self._counts)
+
+    def _count(self, key: str) -> None:
+        with self._count_lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _passed(
+        self,
+        decision: FrameDecision,
+        views: list[Frame],
+        overlaps: list[float],
+        before: list[float],
+        reason: str,
+        backend: Restorer,
+    ) -> RestorationOutcome:
+        if decision.is_target and reason != "backend_error":
+            self._count(f"passed.{reason}")
+        return RestorationOutcome(
+            decision=decision,
+            image=decision.frame.image,
+            restored=False,
+            reason=reason,
+            views=views,
+            target_index=0,
+            overlaps=overlaps,
+            sharpness_before=before,
+            sharpness_after=[decision.sharpness] + [math.nan] * (len(views) - 1),
+            backend=getattr(backend, "name", type(backend).__name__),
+            device=getattr(backend, "device", "cpu"),
+            end_to_end_s=time.monotonic() - decision.ingest_time,
+        )
