@@ -1,0 +1,141 @@
+"""rclpy messages <-> the core's values, with every rejection classified.
+
+Image decoding itself is :mod:`sirdiff_ros.core.image_codec`; this module adds
+the ROS message plumbing (headers, stamps, camera_info, poses, output
+messages). Each rejection raises :class:`InputRejected` with a short ``kind``
+that the node counts and logs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..core.geometry import CameraIntrinsics, GeometryError, Pose
+from ..core.image_codec import ImageDecodeError, decode_image_msg, encode_image, from_rgb8, to_rgb8
+
+__all__ = [
+    "InputRejected",
+    "stamp_to_ns",
+    "ns_to_stamp_fields",
+    "camera_info_to_intrinsics",
+    "pose_from_msg",
+    "image_from_msg",
+    "depth_from_msg",
+    "output_image_msg",
+    "fill_message",
+]
+
+
+class InputRejected(ValueError):
+    """An input message the node cannot use; ``kind`` is the counted reason."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """``builtin_interfaces/Time`` -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp_fields(ns: int) -> tuple[int, int]:
+    """Integer nanoseconds -> ``(sec, nanosec)`` (``sec`` may be negative for ns < 0)."""
+    sec, nsec = divmod(int(ns), 1_000_000_000)
+    return sec, nsec
+
+
+def camera_info_to_intrinsics(info: Any) -> CameraIntrinsics:
+    """Pinhole intrinsics from ``sensor_msgs/CameraInfo.k``; rejects invalid calibrations."""
+    try:
+        return CameraIntrinsics.from_camera_info(list(info.k), int(info.width), int(info.height))
+    except (GeometryError, ValueError) as exc:
+        raise InputRejected("bad_camera_info", f"camera_info rejected: {exc}") from exc
+
+
+def pose_from_msg(msg: Any, pose_type: str) -> Pose:
+    """``T_world_cam`` from a PoseStamped or an Odometry message; rejects NaN/inf and non-unit quaternions."""
+    p = msg.pose if pose_type == "pose_stamped" else msg.pose.pose
+    t = (p.position.x, p.position.y, p.position.z)
+    q = (p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w)
+    if not all(math.isfinite(v) for v in t + q):
+        raise InputRejected("pose_non_finite", f"pose has non-finite values: t={t} q={q}")
+    try:
+        return Pose.from_quaternion(t, q)
+    except GeometryError as exc:
+        raise InputRejected("pose_bad_quaternion", f"pose rejected: {exc}") from exc
+
+
+def image_from_msg(msg: Any, max_pixels: int) -> np.ndarray:
+    """Camera image as the core's uint8 (H, W, 3) RGB or (H, W) mono array.
+
+    Raises :class:`ImageDecodeError` (``kind`` from the codec) for anything else,
+    including float (depth) encodings on an image topic.
+    """
+    arr = decode_image_msg(msg, max_pixels=max_pixels)
+    return to_rgb8(arr, msg.encoding)
+
+
+def depth_from_msg(msg: Any, max_pixels: int) -> np.ndarray:
+    """Metric depth, float32 metres (0 invalid), from 32FC1 (m) or 16UC1/mono16 (mm)."""
+    arr = decode_image_msg(msg, max_pixels=max_pixels)
+    if msg.encoding == "32FC1":
+        depth = np.where(np.isfinite(arr), arr, 0.0).astype(np.float32)
+        return np.maximum(depth, 0.0)
+    if msg.encoding in ("16UC1", "mono16"):
+        return arr.astype(np.float32) / 1000.0
+    raise ImageDecodeError("bad_encoding", f"depth encoding must be 32FC1 or 16UC1, got {msg.encoding!r}")
+
+
+def output_image_msg(template: Any, rgb: np.ndarray) -> Any:
+    """A new Image like ``template`` (same header, encoding, size) carrying ``rgb``.
+
+    ``rgb`` is the core's layout; it is converted back to the input's encoding.
+    """
+    out = type(template)()
+    out.header = template.header
+    out.height, out.width = int(rgb.shape[0]), int(rgb.shape[1])
+    out.encoding = template.encoding
+    out.is_bigendian = 0
+    step, data = encode_image(from_rgb8(rgb, template.encoding), template.encoding)
+    out.step = step
+    out.data = data
+    return out
+
+
+def fill_message(msg: Any, values: dict[str, Any], factories: dict[str, type] | None = None) -> Any:
+    """Set ``msg``'s fields from a nested dict of plain values; returns ``msg``.
+
+    Nested dicts fill sub-messages; a list of dicts fills a sequence of
+    sub-messages built by ``factories[field]``; an ``int`` for a
+    ``builtin_interfaces/Time`` field is nanoseconds; numpy scalars become
+    Python numbers. Unknown field names raise ``AttributeError`` (a typo must
+    not be silently ignored).
+    """
+    factories = factories or {}
+    for key, value in values.items():
+        if not hasattr(msg, key):
+            raise AttributeError(f"{type(msg).__name__} has no field {key!r}")
+        current = getattr(msg, key)
+        if isinstance(value, dict):
+            fill_message(current, value, factories)
+        elif isinstance(value, (list, tuple)) and value and isinstance(value[0], dict):
+            if key not in factories:
+                raise TypeError(f"no message type given for the sequence field {key!r}")
+            setattr(msg, key, [fill_message(factories[key](), v, factories) for v in value])
+        elif _is_time(current) and isinstance(value, (int, np.integer)):
+            current.sec, current.nanosec = ns_to_stamp_fields(int(value))
+        else:
+            if isinstance(value, np.generic):
+                value = value.item()
+            if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            setattr(msg, key, value)
+    return msg
+
+
+def _is_time(obj: Any) -> bool:
+    return hasattr(obj, "sec") and hasattr(obj, "nanosec")

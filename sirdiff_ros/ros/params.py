@@ -1,0 +1,128 @@
+"""The restore node's parameters: one table, used to declare, validate, document.
+
+Each :class:`ParamSpec` carries the default, type, description and allowed
+range or values. The node declares them with ROS descriptors (rclpy enforces
+ranges), validates choices in its set-parameters callback with
+:func:`check_value`, ``config/restore.yaml`` lists the same defaults (a test
+checks that) and the README table comes from :func:`markdown_table`.
+ROS-free.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ParamSpec", "PARAMS", "SPECS", "check_value", "defaults", "markdown_table", "NODE_NAME"]
+
+NODE_NAME = "sirdiff_restore"
+
+_DEVICE_RE = re.compile(r"^(cpu|auto|cuda|cuda:\d+|mps)$")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    read_only: bool = True  # False: may be changed while running
+    group: str = "node"
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+
+PARAMS: tuple[ParamSpec, ...] = (
+    # -- topics (relative names resolve in the node's namespace) ---------------
+    ParamSpec("image_topic", "image", "Input camera image (sensor_msgs/Image).", group="topics"),
+    ParamSpec("camera_info_topic", "camera_info", "Input camera calibration (sensor_msgs/CameraInfo).", group="topics"),
+    ParamSpec("pose_topic", "pose", "Input camera pose T_world_cam from the SLAM stack.", group="topics"),
+    ParamSpec("depth_topic", "", "Optional metric depth image (32FC1 m or 16UC1 mm); empty: no depth.", group="topics"),
+    ParamSpec("output_image_topic", "restored/image", "Output image, input header unchanged.", group="topics"),
+    ParamSpec("output_camera_info_topic", "restored/camera_info", "Output camera_info, paired with each output image.", group="topics"),
+    ParamSpec("keyframe_set_topic", "keyframe_set", "One sirdiff_ros/KeyframeSet per restoration target.", group="topics"),
+    ParamSpec("status_topic", "status", "Periodic sirdiff_ros/RestoreStatus counters.", group="topics"),
+    # -- inputs ------------------------------------------------------------------
+    ParamSpec("pose_type", "pose_stamped", "Message type on pose_topic.", choices=("pose_stamped", "odometry"), group="inputs"),
+    ParamSpec("world_frame", "", "Required header.frame_id of pose messages; empty: accept any.", group="inputs"),
+    ParamSpec("expected_frame_id", "", "Required header.frame_id of images; empty: accept any.", group="inputs"),
+    ParamSpec("max_image_pixels", 16_777_216, "Images with more pixels (width*height) are rejected.", min=1, max=1 << 30, group="inputs"),
+    ParamSpec("sync_queue_size", 10, "Messages kept per input while pairing image and camera_info (approximate time).", min=1, max=1000, group="inputs"),
+    ParamSpec("sync_slop_s", 0.01, "Largest stamp difference of a paired image and camera_info (or depth), seconds.", min=0.0, max=1.0, group="inputs"),
+    ParamSpec("sync_timeout_s", 0.5, "An image without camera_info after this long is dropped (no_camera_info), seconds.", min=0.01, max=60.0, group="inputs"),
+    ParamSpec("pose_history_size", 400, "Poses kept for interpolation at image stamps.", min=2, max=100000, group="inputs"),
+    ParamSpec("pose_wait_s", 0.1, "How long an image waits for a pose at or after its stamp before extrapolating, seconds.", min=0.0, max=10.0, group="inputs"),
+    ParamSpec("pose_extrapolation_s", 0.05, "Largest extrapolation past the pose history, seconds; beyond it the image has no pose.", min=0.0, max=10.0, group="inputs"),
+    ParamSpec("qos_depth", 10, "History depth of input subscriptions.", min=1, max=1000, group="inputs"),
+    ParamSpec("qos_reliability", "best_effort", "Reliability of the image/depth subscriptions (best_effort = sensor-data QoS; accepts both kinds of publishers).", choices=("best_effort", "reliable"), group="inputs"),
+    ParamSpec("output_qos_depth", 10, "History depth of output publishers (reliable: both kinds of subscribers match).", min=1, max=1000, group="inputs"),
+    # -- restoration ---------------------------------------------------------------
+    ParamSpec("mode", "stream", "stream: every image republished in input order; keyframes: keyframes only.", choices=("stream", "keyframes"), read_only=False, group="restoration"),
+    ParamSpec("backend", "fusion", "Restoration backend: passthrough, fusion, sirdiff, sirdiff-single (or a registered name).", group="restoration"),
+    ParamSpec("device", "cpu", "Device of the backend: cpu, cuda, cuda:N, auto.", group="restoration"),
+    ParamSpec("checkpoint", "", "Model checkpoint for backends that take one; empty: the backend's default (shipped weights).", group="restoration"),
+    ParamSpec("steps", 0, "Sampling steps for diffusion backends; 0: the backend's default.", min=0, max=1000, group="restoration"),
+    ParamSpec("num_views", 4, "Views restored jointly (target + partners).", min=1, max=16, group="restoration"),
+    ParamSpec("latency_budget_s", 1.0, "stream mode: a target not restored this long after arrival is published as the original (latency_budget).", min=0.0, max=60.0, read_only=False, group="restoration"),
+    ParamSpec("queue_size", 2, "Restoration targets waiting for the worker.", min=1, max=100, group="restoration"),
+    ParamSpec("drop_policy", "drop_oldest", "When the worker queue is full: drop_oldest (the waiting target is passed through) or drop_newest.", choices=("drop_oldest", "drop_newest"), read_only=False, group="restoration"),
+    ParamSpec("max_pending_output", 64, "stream mode: images held behind a pending target; beyond it the oldest target is passed through.", min=1, max=10000, group="restoration"),
+    # -- diagnostics --------------------------------------------------------------------
+    ParamSpec("diagnostics_period_s", 1.0, "Period of /diagnostics and status messages, seconds.", min=0.05, max=60.0, group="diagnostics"),
+    ParamSpec("log_throttle_s", 5.0, "Each rejection kind is logged at most once per this period, seconds.", min=0.0, max=3600.0, read_only=False, group="diagnostics"),
+)
+
+SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
+
+
+def defaults() -> dict[str, Any]:
+    return {p.name: p.default for p in PARAMS}
+
+
+def check_value(name: str, value: Any) -> str | None:
+    """Why ``value`` is not acceptable for parameter ``name``, or None if it is."""
+    spec = SPECS.get(name)
+    if spec is None:
+        return f"unknown parameter {name!r}"
+    want = spec.type
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        return f"{name} must be {want.__name__}, got {type(value).__name__} {value!r}"
+    if want is float and not math.isfinite(value):
+        return f"{name} must be finite, got {value!r}"
+    if spec.min is not None and value < spec.min:
+        return f"{name} must be >= {spec.min}, got {value!r}"
+    if spec.max is not None and value > spec.max:
+        return f"{name} must be <= {spec.max}, got {value!r}"
+    if spec.choices and value not in spec.choices:
+        return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
+    if name == "device" and not _DEVICE_RE.match(value):
+        return f"device must be cpu, auto, cuda, cuda:N or mps; got {value!r}"
+    return None
+
+
+def markdown_table() -> str:
+    """The parameters as a markdown table for the README."""
+    rows = ["| parameter | default | range / values | runtime | description |", "|---|---|---|---|---|"]
+    for p in PARAMS:
+        if p.choices:
+            rng = ", ".join(p.choices)
+        elif p.min is not None or p.max is not None:
+            rng = f"{_fmt(p.min)} .. {_fmt(p.max)}"
+        else:
+            rng = ""
+        rows.append(f"| `{p.name}` | `{p.default!r}` | {rng} | {'' if p.read_only else 'yes'} | {p.description} |")
+    return "\n".join(rows)
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return ""
+    return str(int(v)) if float(v).is_integer() else str(v)

@@ -1,0 +1,90 @@
+"""Camera poses from the SLAM stack, looked up at image stamps.
+
+A SLAM stack publishes the pose of an image *after* it processed the image,
+at its own rate; the node keeps a bounded, time-ordered history and
+interpolates (SLERP + linear) at the image stamp, extrapolating at most
+``max_extrapolation_ns`` past either end with the constant-velocity model of
+:func:`sirdiff_ros.core.geometry.interpolate_pose`.
+ROS-free: stamps are integer nanoseconds.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from enum import Enum
+
+from ..core.geometry import Pose, interpolate_pose
+
+__all__ = ["PoseHistory", "PoseLookup"]
+
+
+class PoseLookup(Enum):
+    """Outcome of a lookup that found no pose."""
+
+    PENDING = "pending"  # newer poses may still arrive that cover the stamp
+    NO_POSE = "no_pose"  # nothing usable: empty history or beyond the tolerance
+
+
+class PoseHistory:
+    """Bounded history of ``(stamp_ns, Pose)``, strictly increasing in stamp. Thread-safe."""
+
+    def __init__(self, capacity: int, max_extrapolation_ns: int) -> None:
+        if capacity < 2:
+            raise ValueError(f"pose history capacity must be >= 2, got {capacity}")
+        if max_extrapolation_ns < 0:
+            raise ValueError(f"max extrapolation must be >= 0 ns, got {max_extrapolation_ns}")
+        self.capacity = capacity
+        self.max_extrapolation_ns = max_extrapolation_ns
+        self._stamps: list[int] = []
+        self._poses: list[Pose] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._stamps)
+
+    @property
+    def latest_stamp_ns(self) -> int | None:
+        with self._lock:
+            return self._stamps[-1] if self._stamps else None
+
+    def add(self, stamp_ns: int, pose: Pose) -> bool:
+        """Append a pose; returns False (and keeps nothing) if ``stamp_ns`` is not newer than the last."""
+        with self._lock:
+            if self._stamps and stamp_ns <= self._stamps[-1]:
+                return False
+            self._stamps.append(stamp_ns)
+            self._poses.append(pose)
+            if len(self._stamps) > self.capacity:
+                del self._stamps[0], self._poses[0]
+            return True
+
+    def lookup(self, stamp_ns: int, final: bool = False) -> Pose | PoseLookup:
+        """Pose at ``stamp_ns``.
+
+        Inside the history: interpolated. Past the newest pose: PENDING unless
+        ``final`` (the caller will not wait longer), then extrapolated within
+        the tolerance or NO_POSE. Before the oldest pose: extrapolated within
+        the tolerance, else NO_POSE.
+        """
+        with self._lock:
+            stamps, poses = self._stamps, self._poses
+            if not stamps:
+                return PoseLookup.NO_POSE if final else PoseLookup.PENDING
+            i = bisect.bisect_left(stamps, stamp_ns)
+            if i < len(stamps) and stamps[i] == stamp_ns:
+                return poses[i]
+            if 0 < i < len(stamps):
+                return interpolate_pose(stamps[i - 1], poses[i - 1], stamps[i], poses[i], stamp_ns)
+            if i == 0:
+                if stamps[0] - stamp_ns > self.max_extrapolation_ns:
+                    return PoseLookup.NO_POSE
+                a, b = (0, 1) if len(stamps) > 1 else (0, 0)
+            else:
+                if not final:
+                    return PoseLookup.PENDING
+                if stamp_ns - stamps[-1] > self.max_extrapolation_ns:
+                    return PoseLookup.NO_POSE
+                a, b = (len(stamps) - 2, len(stamps) - 1) if len(stamps) > 1 else (0, 0)
+            return interpolate_pose(stamps[a], poses[a], stamps[b], poses[b], stamp_ns)

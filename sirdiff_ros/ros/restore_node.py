@@ -1,0 +1,475 @@
+"""The restore node: subscribe, associate, restore on a worker, republish for SLAM.
+
+Data path (one direction)::
+
+  image ──┐ decode + checks        approximate-time pairing       pose at the
+  info ───┼──────────────────────> (image, camera_info[, depth]) ─> image stamp ─┐
+  depth ──┘                                                                       │
+  pose ──> PoseHistory <──────────────────────────────────────────────────────────┘
+                                                                                  v
+   RestorationPipeline.ingest (keyframe? blurred target?) ──> OutputSequencer (input order)
+          │ target                                                  ^
+          v                                                         │ restored, or the original
+   RestoreWorker (bounded queue, drop policy) ── pipeline.restore ──┘ after the latency budget
+
+Every received image ends published or counted in ``drops`` by reason
+(``received == published + dropped + in_flight``). Restoration is
+:mod:`sirdiff_ros.core.pipeline`; this module is the rclpy layer only.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+
+from ..core.frame import Frame, FrameError
+from ..core.image_codec import ImageDecodeError
+from ..core.pipeline import RestorationPipeline
+from ..core.restorers import create_restorer
+from ..msg import KeyframeSet, RestoreStatus, ViewInfo
+from . import params as P
+from .association import ApproxTimeSync, nearest_within
+from .convert import (
+    InputRejected,
+    camera_info_to_intrinsics,
+    depth_from_msg,
+    fill_message,
+    image_from_msg,
+    output_image_msg,
+    pose_from_msg,
+    stamp_to_ns,
+)
+from .pose_history import PoseHistory, PoseLookup
+from .sequencer import OutputSequencer
+from .stats import Level, NodeStats, StatsSnapshot
+from .worker import RestoreWorker
+
+__all__ = ["RestoreNode", "StartupError", "main"]
+
+_HOUSEKEEPING_PERIOD_S = 0.01  # deadline checks; cheap, and bounds the latency-budget overrun
+
+
+class StartupError(RuntimeError):
+    """The node cannot start with this configuration (bad parameter, backend, checkpoint)."""
+
+
+@dataclass
+class _Input:
+    """An accepted image on its way through association."""
+
+    msg: Any
+    image: Any  # np.ndarray, core layout
+    stamp_ns: int
+    arrival: float  # time.monotonic() at reception
+    info: Any = None
+    intrinsics: Any = None
+    depth: Any = None
+
+
+@dataclass
+class _Output:
+    """What the sequencer emits for one image."""
+
+    src: _Input
+    image_msg: Any
+    target: bool = False
+    restored: bool = False
+    reason: str = ""
+    keyframe_set: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Job:
+    seq: int
+    src: _Input
+    decision: Any  # core.pipeline.FrameDecision
+
+
+class RestoreNode(Node):
+    """See the module docstring; parameters in :mod:`sirdiff_ros.ros.params`."""
+
+    def __init__(self, node_name: str = P.NODE_NAME, *, context: Any = None, **kwargs: Any) -> None:
+        super().__init__(node_name, context=context, **kwargs)
+        self._declare_parameters()
+        self.cfg = {p.name: self.get_parameter(p.name).value for p in P.PARAMS}
+        for name, value in self.cfg.items():
+            why = P.check_value(name, value)
+            if why:
+                raise StartupError(f"invalid parameter: {why}")
+        self.stats = NodeStats()
+        self._last_log: dict[str, float] = {}
+        self._restorer = self._create_backend()
+        self.pipeline = RestorationPipeline(P.pipeline_config(self.cfg), self._restorer)
+
+        c = self.cfg
+        self._sync = ApproxTimeSync(2, c["sync_queue_size"], int(c["sync_slop_s"] * 1e9), c["sync_timeout_s"])
+        self._poses = PoseHistory(c["pose_history_size"], int(c["pose_extrapolation_s"] * 1e9))
+        self._awaiting_pose: deque[_Input] = deque()
+        self._depths: deque[tuple[int, Any]] = deque(maxlen=c["sync_queue_size"])
+        self._last_stamp_ns: int | None = None
+        self._seq = 0
+        self._closed = False
+        self.sequencer = OutputSequencer(self._emit, c["max_pending_output"])
+        self.worker: RestoreWorker[_Job] = RestoreWorker(
+            self._run_job, c["queue_size"], c["drop_policy"], self._on_job_dropped, self._on_job_crash
+        )
+
+        in_qos = QoSProfile(
+            depth=c["qos_depth"],
+            history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.BEST_EFFORT if c["qos_reliability"] == "best_effort" else ReliabilityPolicy.RELIABLE,
+        )
+        out_qos = QoSProfile(depth=c["output_qos_depth"], history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_image = self.create_publisher(Image, c["output_image_topic"], out_qos)
+        self.pub_info = self.create_publisher(CameraInfo, c["output_camera_info_topic"], out_qos)
+        self.pub_kfs = self.create_publisher(KeyframeSet, c["keyframe_set_topic"], out_qos)
+        self.pub_status = self.create_publisher(RestoreStatus, c["status_topic"], 10)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        self.create_subscription(Image, c["image_topic"], self._on_image, in_qos)
+        self.create_subscription(CameraInfo, c["camera_info_topic"], self._on_camera_info, in_qos)
+        pose_cls = PoseStamped if c["pose_type"] == "pose_stamped" else Odometry
+        self.create_subscription(pose_cls, c["pose_topic"], self._on_pose, in_qos)
+        if c["depth_topic"]:
+            self.create_subscription(Image, c["depth_topic"], self._on_depth, in_qos)
+
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self.create_timer(_HOUSEKEEPING_PERIOD_S, self._housekeeping)
+        self.create_timer(c["diagnostics_period_s"], self._publish_diagnostics)
+        self.get_logger().info(
+            f"restoring {self.resolve_topic_name(c['image_topic'])} -> {self.resolve_topic_name(c['output_image_topic'])} "
+            f"with backend {self._restorer.name!r} on {self._restorer.device}, mode {c['mode']}"
+        )
+
+    # -- set-up ---------------------------------------------------------------------
+    def _declare_parameters(self) -> None:
+        for p in P.PARAMS:
+            d = ParameterDescriptor(description=p.description, read_only=p.read_only)
+            if p.choices:
+                d.additional_constraints = "one of: " + ", ".join(p.choices)
+            if p.type is int and (p.min is not None or p.max is not None):
+                d.integer_range = [IntegerRange(from_value=int(p.min), to_value=int(p.max), step=0)]
+            elif p.type is float and (p.min is not None or p.max is not None):
+                d.floating_point_range = [FloatingPointRange(from_value=float(p.min), to_value=float(p.max), step=0.0)]
+            try:
+                self.declare_parameter(p.name, p.default, d)
+            except Exception as exc:  # rclpy raises several classes for bad overrides
+                raise StartupError(f"invalid parameter {p.name}: {exc}") from exc
+
+    def _create_backend(self) -> Any:
+        c = self.cfg
+        options: dict[str, Any] = {"device": c["device"]}
+        if c["checkpoint"]:
+            options["checkpoint"] = c["checkpoint"]
+        if c["steps"]:
+            options["steps"] = c["steps"]
+        try:
+            return create_restorer(c["backend"], **options)
+        except Exception as exc:  # noqa: BLE001 - any failure here is a start-up failure
+            detail = f" (checkpoint {c['checkpoint']!r})" if c["checkpoint"] else ""
+            raise StartupError(f"cannot create backend {c['backend']!r}{detail}: {type(exc).__name__}: {exc}") from exc
+
+    def _check_parameters(self, changes: list[Any]) -> SetParametersResult:
+        for change in changes:
+            why = P.check_value(change.name, change.value)
+            if why:
+                return SetParametersResult(successful=False, reason=why)
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, changes: list[Any]) -> None:
+        for change in changes:
+            self.cfg[change.name] = change.value
+            if change.name == "drop_policy":
+                self.worker.policy = change.value
+
+    # -- inputs (executor thread) -------------------------------------------------------
+    def _on_image(self, msg: Image) -> None:
+        self.stats.on_received()
+        now = time.monotonic()
+        c = self.cfg
+        if c["expected_frame_id"] and msg.header.frame_id != c["expected_frame_id"]:
+            return self._drop("wrong_frame_id", f"image frame_id {msg.header.frame_id!r} is not {c['expected_frame_id']!r}")
+        try:
+            image = image_from_msg(msg, c["max_image_pixels"])
+        except ImageDecodeError as exc:
+            return self._drop(exc.kind, f"image rejected: {exc}")
+        stamp = stamp_to_ns(msg.header.stamp)
+        if self._last_stamp_ns is not None and stamp <= self._last_stamp_ns:
+            kind = "duplicate_stamp" if stamp == self._last_stamp_ns else "stamp_backwards"
+            return self._drop(kind, f"image stamp {stamp} ns is not after the previous {self._last_stamp_ns} ns")
+        self._last_stamp_ns = stamp
+        matched, evicted = self._sync.add(0, stamp, _Input(msg, image, stamp, now), now)
+        self._handle_sync(matched, evicted)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        now = time.monotonic()
+        matched, evicted = self._sync.add(1, stamp_to_ns(msg.header.stamp), msg, now)
+        self._handle_sync(matched, evicted)
+
+    def _on_depth(self, msg: Image) -> None:
+        try:
+            depth = depth_from_msg(msg, self.cfg["max_image_pixels"])
+        except ImageDecodeError as exc:
+            return self._reject(f"depth_{exc.kind}", f"depth image rejected: {exc}")
+        self._depths.append((stamp_to_ns(msg.header.stamp), depth))
+
+    def _on_pose(self, msg: Any) -> None:
+        wf = self.cfg["world_frame"]
+        if wf and msg.header.frame_id != wf:
+            return self._reject("pose_wrong_frame", f"pose frame_id {msg.header.frame_id!r} is not {wf!r}")
+        try:
+            pose = pose_from_msg(msg, self.cfg["pose_type"])
+        except InputRejected as exc:
+            return self._reject(exc.kind, str(exc))
+        stamp = stamp_to_ns(msg.header.stamp)
+        if not self._poses.add(stamp, pose):
+            return self._reject("pose_stamp_backwards", f"pose stamp {stamp} ns is not after {self._poses.latest_stamp_ns} ns")
+        self._release_awaiting_pose(time.monotonic())
+
+    # -- association ------------------------------------------------------------------------
+    def _handle_sync(self, matched: list[list[Any]], evicted: list[Any]) -> None:
+        for ev in evicted:
+            if ev.input_index == 0:
+                self._drop("no_camera_info", f"no camera_info within {self.cfg['sync_slop_s']} s of image stamp {ev.stamp_ns} ns")
+        for src, info in matched:
+            self._associated(src, info)
+
+    def _associated(self, src: _Input, info: CameraInfo) -> None:
+        try:
+            src.intrinsics = camera_info_to_intrinsics(info)
+        except InputRejected as exc:
+            return self._drop(exc.kind, str(exc))
+        h, w = src.image.shape[:2]
+        if (src.intrinsics.width, src.intrinsics.height) != (w, h):
+            return self._drop(
+                "camera_info_mismatch",
+                f"camera_info is for {src.intrinsics.width}x{src.intrinsics.height} but the image is {w}x{h}",
+            )
+        info.header = src.msg.header  # the output pair shares the image's header
+        src.info = info
+        if self._depths:
+            stamps = [s for s, _ in self._depths]
+            j = nearest_within(stamps, src.stamp_ns, int(self.cfg["sync_slop_s"] * 1e9))
+            if j is not None and self._depths[j][1].shape == (h, w):
+                src.depth = self._depths[j][1]
+        self._awaiting_pose.append(src)
+        self._release_awaiting_pose(time.monotonic())
+
+    def _release_awaiting_pose(self, now: float) -> None:
+        """Admit images, in order, once their pose is known or their wait is over."""
+        wait = self.cfg["pose_wait_s"]
+        while self._awaiting_pose:
+            src = self._awaiting_pose[0]
+            final = now - src.arrival >= wait or len(self._awaiting_pose) > self.cfg["max_pending_output"]
+            pose = self._poses.lookup(src.stamp_ns, final=final)
+            if pose is PoseLookup.PENDING:
+                return
+            self._awaiting_pose.popleft()
+            self._admit(src, None if isinstance(pose, PoseLookup) else pose)
+
+    def _admit(self, src: _Input, pose: Any) -> None:
+        seq = self._seq
+        self._seq += 1
+        try:
+            frame = Frame(src.image, src.stamp_ns, src.intrinsics, pose, src.depth, src.msg.header.frame_id, seq)
+        except FrameError as exc:
+            return self._drop("bad_frame", f"frame rejected: {exc}")
+        decision = self.pipeline.ingest(frame)
+        self.stats.on_decision(decision.is_keyframe, decision.is_target)
+        if self.cfg["mode"] == "keyframes" and not decision.is_keyframe:
+            return self._drop("not_keyframe", "", log=False)
+        if not decision.is_target:
+            return self.sequencer.add_ready(seq, _Output(src, src.msg, reason=decision.reason))
+        budget = self.cfg["latency_budget_s"] if self.cfg["mode"] == "stream" else float("inf")
+        self.sequencer.add_pending(seq, src.arrival + budget, lambda reason: self._passed_through(src, reason))
+        self.worker.submit(_Job(seq, src, decision))
+
+    # -- restoration (worker thread) --------------------------------------------------------
+    def _run_job(self, job: _Job) -> None:
+        outcome = self.pipeline.restore(job.decision)
+        self.stats.on_restore_call(outcome.latency_s * 1e3, outcome.error)
+        if outcome.error is not None:
+            self._log_throttled("backend_error", f"backend failed, publishing the original: {outcome.error!r}", error=True)
+        if self.worker.stopping:
+            return
+        msg = output_image_msg(job.src.msg, outcome.image) if outcome.restored else job.src.msg
+        out = _Output(job.src, msg, target=True, restored=outcome.restored, reason=outcome.reason)
+        out.keyframe_set = outcome.keyframe_set_fields()
+        self.sequencer.resolve(job.seq, out)
+
+    def _on_job_dropped(self, job: _Job) -> None:
+        self.sequencer.resolve(job.seq, self._passed_through(job.src, "queue_full"))
+
+    def _on_job_crash(self, job: _Job, exc: BaseException) -> None:
+        # pipeline.restore never raises for backend failures; this is a bug path, kept alive.
+        self.stats.on_restore_call(0.0, exc)
+        self._log_throttled("worker_error", f"restoration crashed, publishing the original: {exc!r}", error=True)
+        self.sequencer.resolve(job.seq, self._passed_through(job.src, "backend_error"))
+
+    def _passed_through(self, src: _Input, reason: str) -> _Output:
+        """A target published as its original: KeyframeSet without views, reason given."""
+        fields = {
+            "header": {"stamp": src.stamp_ns, "frame_id": src.msg.header.frame_id},
+            "target_stamp": src.stamp_ns,
+            "backend": self._restorer.name,
+            "device": str(self._restorer.device),
+            "outcome": KeyframeSet.OUTCOME_PASSED_THROUGH,
+            "reason": reason,
+        }
+        return _Output(src, src.msg, target=True, restored=False, reason=reason, keyframe_set=fields)
+
+    # -- output (under the sequencer lock) ----------------------------------------------------
+    def _emit(self, out: _Output) -> None:
+        if self._closed:
+            return
+        self.pub_image.publish(out.image_msg)
+        self.pub_info.publish(out.src.info)
+        e2e_ms = (time.monotonic() - out.src.arrival) * 1e3
+        if out.target:
+            kfs = fill_message(KeyframeSet(), out.keyframe_set or {}, {"views": ViewInfo})
+            kfs.header = out.src.msg.header
+            kfs.end_to_end_ms = float(e2e_ms)
+            if not out.restored:
+                kfs.outcome, kfs.reason = KeyframeSet.OUTCOME_PASSED_THROUGH, out.reason
+            self.pub_kfs.publish(kfs)
+            self.stats.on_target_done(out.restored, out.reason, e2e_ms)
+        self.stats.on_published()
+
+    # -- housekeeping, counting, logging --------------------------------------------------------
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        self._handle_sync([], self._sync.expire(now))
+        self._release_awaiting_pose(now)
+        self.sequencer.expire(now)
+
+    def in_flight(self) -> int:
+        """Images received and accepted so far but neither published nor dropped yet."""
+        return self._sync.pending(0) + len(self._awaiting_pose) + len(self.sequencer)
+
+    def _drop(self, reason: str, why: str, log: bool = True) -> None:
+        self.stats.on_dropped(reason)
+        if log:
+            self._log_throttled(reason, f"dropped image ({reason}): {why}")
+
+    def _reject(self, kind: str, why: str) -> None:
+        self.stats.on_rejected(kind)
+        self._log_throttled(kind, f"rejected input ({kind}): {why}")
+
+    def _log_throttled(self, kind: str, text: str, error: bool = False) -> None:
+        """At most one line per kind per ``log_throttle_s``, with the running count."""
+        now = time.monotonic()
+        if now - self._last_log.get(kind, -1e18) < self.cfg["log_throttle_s"]:
+            return
+        self._last_log[kind] = now
+        s = self.stats
+        count = s.dropped.get(kind) or s.rejected.get(kind) or ""
+        line = f"{text}" + (f" [{count} so far]" if count else "")
+        (self.get_logger().error if error else self.get_logger().warning)(line)
+
+    def snapshot(self) -> StatsSnapshot:
+        depth = self.worker.depth
+        problem = "worker queue full" if depth >= self.worker.capacity else ""
+        snap = self.stats.snapshot(problem)
+        snap.extra = {"in_flight": str(self.in_flight()), "queue_depth": str(depth)}
+        return snap
+
+    def _publish_diagnostics(self) -> None:
+        snap = self.snapshot()
+        now_msg = self.get_clock().now().to_msg()
+        st = RestoreStatus()
+        st.header.stamp = now_msg
+        st.backend, st.device, st.mode = self._restorer.name, str(self._restorer.device), self.cfg["mode"]
+        st.images_received, st.images_published, st.images_restored = snap.received, snap.published, snap.restored
+        st.images_passed_through, st.keyframes, st.restoration_targets = snap.passed_through, snap.keyframes, snap.targets
+        st.in_flight = int(snap.extra["in_flight"])
+        st.dropped_total = snap.dropped_total
+        st.drop_reasons = list(snap.dropped)
+        st.drop_counts = [int(v) for v in snap.dropped.values()]
+        st.input_rate_hz, st.output_rate_hz = snap.input_rate_hz, snap.output_rate_hz
+        st.latency_ms_p50, st.latency_ms_p90, st.latency_ms_p99 = snap.latency_ms
+        st.queue_depth, st.queue_capacity = int(snap.extra["queue_depth"]), self.worker.capacity
+        st.last_error = snap.last_error
+        self.pub_status.publish(st)
+
+        ds = DiagnosticStatus(level=bytes([snap.level]), name=f"{self.get_name()}: restoration", message=snap.message)
+        ds.hardware_id = f"{self._restorer.name}@{self._restorer.device}"
+        kv = {
+            "backend": self._restorer.name,
+            "device": str(self._restorer.device),
+            "mode": self.cfg["mode"],
+            "input_rate_hz": f"{snap.input_rate_hz:.2f}",
+            "output_rate_hz": f"{snap.output_rate_hz:.2f}",
+            "restore_latency_ms_p50": f"{snap.latency_ms[0]:.1f}",
+            "restore_latency_ms_p90": f"{snap.latency_ms[1]:.1f}",
+            "restore_latency_ms_p99": f"{snap.latency_ms[2]:.1f}",
+            "end_to_end_ms_p50": f"{snap.end_to_end_ms[0]:.1f}",
+            "end_to_end_ms_p99": f"{snap.end_to_end_ms[2]:.1f}",
+            "queue_depth": snap.extra["queue_depth"],
+            "queue_capacity": str(self.worker.capacity),
+            "in_flight": snap.extra["in_flight"],
+            "received": str(snap.received),
+            "published": str(snap.published),
+            "restored": str(snap.restored),
+            "passed_through": str(snap.passed_through),
+            "dropped_total": str(snap.dropped_total),
+            "last_error": snap.last_error,
+        }
+        kv.update({f"dropped.{k}": str(v) for k, v in snap.dropped.items()})
+        kv.update({f"passed_through.{k}": str(v) for k, v in snap.passthrough_reasons.items()})
+        kv.update({f"rejected.{k}": str(v) for k, v in snap.rejected.items()})
+        ds.values = [KeyValue(key=k, value=v) for k, v in kv.items()]
+        self.pub_diag.publish(DiagnosticArray(header=st.header, status=[ds]))
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stop the worker (waits up to ``timeout_s`` for a running restoration) and log the totals."""
+        if self._closed:
+            return
+        self.worker.stop(timeout_s)
+        self._closed = True
+        snap = self.stats.snapshot()
+        self.get_logger().info(
+            f"shutting down: received {snap.received}, published {snap.published}, dropped {snap.dropped_total} "
+            f"{dict(snap.dropped)}, in flight {self.in_flight()}, restored {snap.restored}"
+        )
+
+
+def main(args: list[str] | None = None) -> int:
+    """``sirdiff-restore [--ros-args ...]``; exit code 2 when the configuration is unusable."""
+    rclpy.init(args=args)
+    try:
+        node = RestoreNode()
+    except StartupError as exc:
+        print(f"sirdiff-restore: {exc}", file=sys.stderr, flush=True)
+        rclpy.try_shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
