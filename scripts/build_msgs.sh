@@ -14,6 +14,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$(realpath -m "${1:-$repo/.venv}")"
 build="$(realpath -m "${2:-$repo/build/venv-msgs}")"
 py="$venv/bin/python"
+# ament_index lookups during configure (the type supports) search AMENT_PREFIX_PATH.
+export AMENT_PREFIX_PATH="$venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 
 [[ -x "$py" ]] || { echo "build_msgs: no Python at $py (create the venv first: make venv)" >&2; exit 2; }
 command -v cmake >/dev/null || { echo "build_msgs: cmake not found (apt-get install cmake g++)" >&2; exit 2; }

@@ -1,0 +1,94 @@
+# sirdiff_ros without a ROS install: everything in a local venv.
+#
+#   make demo    set up (first run) and run the demo
+#   make test    set up (first run) and run the tests
+#
+# `make venv` is idempotent: stamp files under $(VENV) are keyed on the inputs
+# of each step (requirements/lock.txt, msg/*.msg, CMakeLists.txt, setup.py ...),
+# so a repeated run only checks timestamps.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+REPO := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+# Interpreter that creates the venv: the ROS 2 Kilted PyPI wheels are cp311.
+PYTHON ?= python3.11
+VENV ?= $(REPO)/.venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Always pinned: an unpinned torch pulls a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+# Build tools of the venv itself (pip freeze leaves them out of the lock);
+# setuptools' "compat" editable mode is what makes the message namespace work.
+BOOTSTRAP := pip==26.3 setuptools==84.2.1 wheel
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+# Private DDS domain for everything make starts (override: make test ROS_DOMAIN_ID=23).
+ROS_DOMAIN_ID = 57
+
+# --- The environment of every command below, set here and only here. ------
+# Discovery on this host only (Fast DDS multicasts on every interface otherwise),
+# a private domain, the venv as the ament prefix (rmw and message lookup),
+# Fast DDS with a 16 MB shared-memory segment (config/fastdds.xml), no model hub.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export ROS_DOMAIN_ID
+export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
+export AMENT_PREFIX_PATH := $(VENV)
+export FASTDDS_DEFAULT_PROFILES_FILE := $(REPO)/config/fastdds.xml
+export HF_HUB_OFFLINE := 1
+export PYTHONPATH := $(REPO)
+
+STAMPS := $(VENV)/.stamps
+MSG_FILES := $(wildcard $(REPO)/msg/*.msg)
+
+.PHONY: venv test demo bench lock clean distclean
+
+venv: $(STAMPS)/editable
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "make venv: needs Python 3.11 (the ROS 2 Kilted wheels are cp311); set PYTHON=/path/to/python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet $(BOOTSTRAP)
+
+$(STAMPS)/torch: | $(PY)
+	$(PIP) install --quiet "$(TORCH)"
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/requirements: $(REPO)/requirements/lock.txt $(STAMPS)/torch
+	$(PIP) install --quiet -r $(REPO)/requirements/lock.txt "$(TORCH)"
+	@touch $@
+
+$(STAMPS)/msgs: $(STAMPS)/requirements $(MSG_FILES) $(REPO)/CMakeLists.txt $(REPO)/package.xml $(REPO)/scripts/build_msgs.sh
+	$(REPO)/scripts/build_msgs.sh $(VENV) $(REPO)/build/venv-msgs
+	@touch $@
+
+# Editable, in compat mode (a .pth path entry): our regular package is found
+# on sys.path and extends __path__ over the generated messages' directory.
+$(STAMPS)/editable: $(STAMPS)/msgs $(REPO)/setup.py
+	$(PIP) install --quiet --no-deps --no-build-isolation --config-settings editable_mode=compat -e $(REPO)
+	@touch $@
+
+test: venv
+	cd $(REPO) && $(PY) -m pytest test/ $(PYTEST_ARGS)
+
+demo: venv
+	cd $(REPO) && $(PY) -m sirdiff_ros.ros.demo $(DEMO_ARGS)
+
+bench: venv
+	cd $(REPO) && for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+
+# Regenerate the exact pins from the current venv (torch is installed first,
+# separately; the editable project itself is not a requirement).
+lock: venv
+	{ echo "# Exact versions for the plain-venv path (make venv); regenerate with 'make lock'."; \
+	  echo "# $(TORCH) (local CPU wheel) is installed first, by the Makefile."; \
+	  $(PIP) freeze --exclude-editable | grep -v -i -E '^(torch|sirdiff[-_]ros)(==| @)'; } > $(REPO)/requirements/lock.txt.new
+	mv $(REPO)/requirements/lock.txt.new $(REPO)/requirements/lock.txt
+
+clean:
+	rm -rf $(REPO)/build $(REPO)/.pytest_cache $(REPO)/sirdiff_ros.egg-info
+	find $(REPO)/sirdiff_ros $(REPO)/test $(REPO)/bench -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
