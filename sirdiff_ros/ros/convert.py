@@ -26,6 +26,7 @@ __all__ = [
     "depth_from_msg",
     "output_image_msg",
     "fill_message",
+    "frame_messages",
 ]
 
 
@@ -139,3 +140,40 @@ def fill_message(msg: Any, values: dict[str, Any], factories: dict[str, type] | 
 
 def _is_time(obj: Any) -> bool:
     return hasattr(obj, "sec") and hasattr(obj, "nanosec")
+
+
+def frame_messages(frame: Any, pose_frame: str = "world") -> tuple[Any, Any, Any]:
+    """``(Image rgb8/mono8, CameraInfo, PoseStamped)`` rclpy messages of a core Frame.
+
+    Used to feed the node from generated frames (bench, tests, tools); all
+    three share the frame's stamp. The pose message is None without a pose.
+    """
+    from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import CameraInfo, Image
+
+    sec, nsec = ns_to_stamp_fields(frame.stamp_ns)
+    img = Image()
+    img.header.stamp.sec, img.header.stamp.nanosec = sec, nsec
+    img.header.frame_id = frame.frame_id
+    img.height, img.width = frame.height, frame.width
+    img.encoding = "rgb8" if frame.image.ndim == 3 else "mono8"
+    img.step, img.data = encode_image(frame.image, img.encoding)
+    info = CameraInfo()
+    info.header = img.header
+    info.height, info.width = frame.height, frame.width
+    K = frame.intrinsics
+    info.k = [K.fx, 0.0, K.cx, 0.0, K.fy, K.cy, 0.0, 0.0, 1.0]
+    info.p = [K.fx, 0.0, K.cx, 0.0, 0.0, K.fy, K.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.distortion_model = "plumb_bob"
+    info.d = [0.0] * 5
+    pose = None
+    if frame.pose is not None:
+        pose = PoseStamped()
+        pose.header.stamp = img.header.stamp
+        pose.header.frame_id = pose_frame
+        t, q = frame.pose.translation, frame.pose.quaternion
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in t)
+        o = pose.pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in q)
+    return img, info, pose

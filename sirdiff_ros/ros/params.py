@@ -15,7 +15,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ParamSpec", "PARAMS", "SPECS", "check_value", "defaults", "markdown_table", "NODE_NAME"]
+from ..core.keyframes import KeyframeConfig
+from ..core.pipeline import PipelineConfig
+
+__all__ = ["ParamSpec", "PARAMS", "SPECS", "check_value", "defaults", "markdown_table", "pipeline_config", "NODE_NAME"]
 
 NODE_NAME = "sirdiff_restore"
 
@@ -37,6 +40,10 @@ class ParamSpec:
     def type(self) -> type:
         return type(self.default)
 
+
+# The pipeline's own defaults are the node's defaults (one source of truth).
+_KF = KeyframeConfig()
+_PC = PipelineConfig()
 
 PARAMS: tuple[ParamSpec, ...] = (
     # -- topics (relative names resolve in the node's namespace) ---------------
@@ -68,7 +75,22 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "cpu", "Device of the backend: cpu, cuda, cuda:N, auto.", group="restoration"),
     ParamSpec("checkpoint", "", "Model checkpoint for backends that take one; empty: the backend's default (shipped weights).", group="restoration"),
     ParamSpec("steps", 0, "Sampling steps for diffusion backends; 0: the backend's default.", min=0, max=1000, group="restoration"),
-    ParamSpec("num_views", 4, "Views restored jointly (target + partners).", min=1, max=16, group="restoration"),
+    ParamSpec("num_views", _PC.num_views, "Views restored jointly (target + partners).", min=1, max=16, group="restoration"),
+    # -- keyframes, blur gate, view selection (sirdiff_ros.core.pipeline.PipelineConfig) --
+    ParamSpec("min_translation", _KF.min_translation, "A frame becomes a keyframe after this much camera motion, metres.", min=0.0, max=100.0, group="keyframes"),
+    ParamSpec("min_rotation_deg", _KF.min_rotation_deg, "... or after this much rotation, degrees.", min=0.0, max=180.0, group="keyframes"),
+    ParamSpec("min_time_gap_s", _KF.min_time_gap_s, "No keyframe within this time of the previous one, seconds.", min=0.0, max=60.0, group="keyframes"),
+    ParamSpec("max_time_gap_s", _KF.max_time_gap_s, "A keyframe at least this often, moving or not, seconds.", min=0.0, max=3600.0, group="keyframes"),
+    ParamSpec("max_keyframes", _KF.max_keyframes, "Keyframes kept as partner candidates.", min=1, max=10000, group="keyframes"),
+    ParamSpec("keyframe_max_bytes", _KF.max_bytes, "Memory bound of the keyframe buffer, bytes.", min=1, max=1 << 40, group="keyframes"),
+    ParamSpec("blur_ratio", _PC.blur_ratio, "A keyframe is a restoration target when its sharpness is below this fraction of its recent peers'.", min=0.01, max=1.0, group="keyframes"),
+    ParamSpec("gate_window", _PC.gate_window, "Recent keyframes whose sharpness forms the blur reference.", min=1, max=1000, group="keyframes"),
+    ParamSpec("gate_quantile", _PC.gate_quantile, "Quantile of the peers' sharpness used as the reference.", min=0.0, max=1.0, group="keyframes"),
+    ParamSpec("gate_min_peers", _PC.gate_min_peers, "Keyframes needed before any target is chosen.", min=1, max=1000, group="keyframes"),
+    ParamSpec("min_overlap", _PC.min_overlap, "Partners must see at least this fraction of the target's view.", min=0.0, max=1.0, group="keyframes"),
+    ParamSpec("min_depth", float(_PC.depth_range[0]), "Scene depth range assumed for overlap without depth, near end, metres.", min=0.001, max=1000.0, group="keyframes"),
+    ParamSpec("max_depth", float(_PC.depth_range[1]), "... far end, metres.", min=0.001, max=1e6, group="keyframes"),
+    ParamSpec("sharpness_weight", _PC.sharpness_weight, "Weight of partner sharpness against overlap when choosing partners.", min=0.0, max=1.0, group="keyframes"),
     ParamSpec("latency_budget_s", 1.0, "stream mode: a target not restored this long after arrival is published as the original (latency_budget).", min=0.0, max=60.0, read_only=False, group="restoration"),
     ParamSpec("queue_size", 2, "Restoration targets waiting for the worker.", min=1, max=100, group="restoration"),
     ParamSpec("drop_policy", "drop_oldest", "When the worker queue is full: drop_oldest (the waiting target is passed through) or drop_newest.", choices=("drop_oldest", "drop_newest"), read_only=False, group="restoration"),
@@ -83,6 +105,32 @@ SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
 
 def defaults() -> dict[str, Any]:
     return {p.name: p.default for p in PARAMS}
+
+
+def pipeline_config(values: dict[str, Any]) -> PipelineConfig:
+    """The core pipeline's configuration from parameter values (ValueError if inconsistent)."""
+    v = values
+    keyframe = KeyframeConfig(
+        min_translation=v["min_translation"],
+        min_rotation_deg=v["min_rotation_deg"],
+        min_time_gap_s=v["min_time_gap_s"],
+        max_time_gap_s=v["max_time_gap_s"],
+        max_keyframes=v["max_keyframes"],
+        max_bytes=v["keyframe_max_bytes"],
+    )
+    if v["min_depth"] >= v["max_depth"]:
+        raise ValueError(f"min_depth ({v['min_depth']}) must be < max_depth ({v['max_depth']})")
+    return PipelineConfig(
+        keyframe=keyframe,
+        num_views=v["num_views"],
+        min_overlap=v["min_overlap"],
+        blur_ratio=v["blur_ratio"],
+        gate_window=v["gate_window"],
+        gate_quantile=v["gate_quantile"],
+        gate_min_peers=v["gate_min_peers"],
+        depth_range=(v["min_depth"], v["max_depth"]),
+        sharpness_weight=v["sharpness_weight"],
+    )
 
 
 def check_value(name: str, value: Any) -> str | None:

@@ -112,8 +112,12 @@ class RestoreNode(Node):
                 raise StartupError(f"invalid parameter: {why}")
         self.stats = NodeStats()
         self._last_log: dict[str, float] = {}
+        try:
+            config = P.pipeline_config(self.cfg)
+        except ValueError as exc:
+            raise StartupError(f"invalid parameters: {exc}") from exc
         self._restorer = self._create_backend()
-        self.pipeline = RestorationPipeline(P.pipeline_config(self.cfg), self._restorer)
+        self.pipeline = RestorationPipeline(config, self._restorer)
 
         c = self.cfg
         self._sync = ApproxTimeSync(2, c["sync_queue_size"], int(c["sync_slop_s"] * 1e9), c["sync_timeout_s"])
@@ -442,10 +446,14 @@ class RestoreNode(Node):
         self.worker.stop(timeout_s)
         self._closed = True
         snap = self.stats.snapshot()
-        self.get_logger().info(
+        line = (
             f"shutting down: received {snap.received}, published {snap.published}, dropped {snap.dropped_total} "
             f"{dict(snap.dropped)}, in flight {self.in_flight()}, restored {snap.restored}"
         )
+        if self.context.ok():
+            self.get_logger().info(line)
+        else:  # after SIGINT the context is gone and /rosout with it
+            print(f"[{self.get_name()}] {line}", file=sys.stderr, flush=True)
 
 
 def main(args: list[str] | None = None) -> int:
