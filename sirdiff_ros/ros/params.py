@@ -18,7 +18,7 @@ from typing import Any
 from ..core.keyframes import KeyframeConfig
 from ..core.pipeline import PipelineConfig
 
-__all__ = ["ParamSpec", "PARAMS", "SPECS", "check_value", "defaults", "markdown_table", "pipeline_config", "NODE_NAME"]
+__all__ = ["ParamSpec", "PARAMS", "SPECS", "check_value", "defaults", "markdown_table", "pipeline_config", "params_yaml", "NODE_NAME"]
 
 NODE_NAME = "sirdiff_restore"
 
@@ -174,3 +174,44 @@ def _fmt(v: float | None) -> str:
     if v is None:
         return ""
     return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def params_yaml() -> str:
+    """``config/restore.yaml``: every parameter with its default, grouped, with descriptions."""
+    lines = [
+        "# Parameters of the sirdiff_ros restore node (sirdiff-restore / restore_node).",
+        "# Generated from sirdiff_ros/ros/params.py (python -m sirdiff_ros.ros.params --yaml);",
+        "# the defaults here equal the declared ones (test/test_node_params.py checks).",
+        "# `/**` applies to the node under any name or namespace.",
+        "/**:",
+        "  ros__parameters:",
+    ]
+    group = None
+    for p in PARAMS:
+        if p.group != group:
+            group = p.group
+            lines.append(f"    # -- {group} --")
+        lines.append(f"    # {p.description}")
+        lines.append(f"    {p.name}: {_yaml_value(p.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--yaml"]:
+        sys.stdout.write(params_yaml())
+    elif sys.argv[1:] == ["--markdown"]:
+        print(markdown_table())
+    else:
+        sys.exit("usage: python -m sirdiff_ros.ros.params --yaml | --markdown")

@@ -1,0 +1,208 @@
+"""The node's ROS-free parts: association, pose history, ordering, worker, stats, parameters, launch file."""
+
+from __future__ import annotations
+
+import ast
+import math
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sirdiff_ros.core.geometry import Pose
+from sirdiff_ros.ros import params as P
+from sirdiff_ros.ros.association import ApproxTimeSync
+from sirdiff_ros.ros.pose_history import PoseHistory, PoseLookup
+from sirdiff_ros.ros.sequencer import FallbackReason, OutputSequencer
+from sirdiff_ros.ros.stats import Level, NodeStats
+from sirdiff_ros.ros.worker import RestoreWorker
+
+MS = 1_000_000
+
+
+# -- association -----------------------------------------------------------------
+def test_sync_pairs_closest_within_slop_and_reports_unmatched() -> None:
+    s = ApproxTimeSync(2, queue_size=3, slop_ns=5 * MS, timeout_s=1.0)
+    assert s.add(0, 100 * MS, "img100", 0.0) == ([], [])
+    assert s.add(0, 133 * MS, "img133", 0.0) == ([], [])
+    # camera_info 3 ms after img133: pairs with it, not with the older img100.
+    matched, _ = s.add(1, 136 * MS, "info136", 0.0)
+    assert matched == [["img133", "info136"]]
+    # 20 ms off: outside the slop, stays queued.
+    assert s.add(1, 120 * MS, "info120", 0.0)[0] == []
+    # Overflow evicts the oldest image, reported (not lost silently).
+    for k, stamp in enumerate((166, 200, 233)):
+        _, ev = s.add(0, stamp * MS, f"img{stamp}", 0.0)
+    assert [e.msg for e in ev] == ["img100"] and ev[0].why == "overflow"
+    # Age-based eviction of everything older than the timeout.
+    late = s.expire(now_s=2.0)
+    assert sorted(e.msg for e in late if e.input_index == 0) == ["img166", "img200", "img233"]
+    assert s.pending(0) == 0 and s.pending(1) == 0
+
+
+def test_sync_rejects_bad_configuration() -> None:
+    with pytest.raises(ValueError, match="queue_size"):
+        ApproxTimeSync(2, 0, 1)
+    with pytest.raises(ValueError, match="slop"):
+        ApproxTimeSync(2, 1, -1)
+
+
+# -- pose history ----------------------------------------------------------------
+def _pose_x(x: float, yaw_deg: float = 0.0) -> Pose:
+    a = math.radians(yaw_deg)
+    return Pose.from_quaternion([x, 0, 0], [0, math.sin(a / 2), 0, math.cos(a / 2)])
+
+
+def test_pose_history_interpolates_waits_and_bounds_extrapolation() -> None:
+    h = PoseHistory(capacity=3, max_extrapolation_ns=50 * MS)
+    assert h.lookup(0) is PoseLookup.PENDING
+    assert h.lookup(0, final=True) is PoseLookup.NO_POSE
+    h.add(0, _pose_x(0.0, 0.0))
+    h.add(100 * MS, _pose_x(1.0, 20.0))
+    mid = h.lookup(25 * MS)
+    assert isinstance(mid, Pose)
+    assert mid.translation[0] == pytest.approx(0.25)
+    assert math.degrees(mid.rotation_angle_to(_pose_x(0.0))) == pytest.approx(5.0, abs=1e-6)
+    # Past the newest pose: wait for more unless final; then extrapolate within the bound only.
+    assert h.lookup(130 * MS) is PoseLookup.PENDING
+    ex = h.lookup(130 * MS, final=True)
+    assert isinstance(ex, Pose) and ex.translation[0] == pytest.approx(1.3)
+    assert h.lookup(151 * MS, final=True) is PoseLookup.NO_POSE
+    assert h.lookup(-60 * MS) is PoseLookup.NO_POSE
+    assert not h.add(100 * MS, _pose_x(2.0)), "equal stamps must be refused"
+    h.add(200 * MS, _pose_x(2.0))
+    h.add(300 * MS, _pose_x(3.0))
+    assert len(h) == 3 and h.lookup(0, final=True) is PoseLookup.NO_POSE  # bounded: oldest evicted
+
+
+# -- output ordering -------------------------------------------------------------------
+def test_sequencer_keeps_input_order_and_falls_back_after_deadline() -> None:
+    out: list[tuple[int, str]] = []
+    seq = OutputSequencer(out.append, max_pending=10)
+    seq.add_ready(0, (0, "orig"))
+    seq.add_pending(1, deadline=10.0, fallback=lambda r: (1, r))
+    seq.add_ready(2, (2, "orig"))
+    seq.add_pending(3, deadline=20.0, fallback=lambda r: (3, r))
+    assert out == [(0, "orig")] and len(seq) == 3  # 2 waits behind pending 1
+    assert seq.resolve(3, (3, "restored"))
+    assert out == [(0, "orig")]
+    assert seq.expire(now=15.0) == 1  # 1 misses its budget, 3 is already resolved
+    assert out == [(0, "orig"), (1, FallbackReason.LATENCY_BUDGET), (2, "orig"), (3, "restored")]
+    assert not seq.resolve(1, (1, "late")), "a late result must not be published twice"
+    with pytest.raises(ValueError):
+        seq.add_ready(2, (2, "again"))
+
+
+def test_sequencer_bounds_held_items() -> None:
+    out: list[tuple[int, str]] = []
+    seq = OutputSequencer(out.append, max_pending=3)
+    seq.add_pending(0, 1e9, lambda r: (0, r))
+    seq.add_ready(1, (1, "orig"))
+    seq.add_ready(2, (2, "orig"))
+    assert out == []
+    seq.add_ready(3, (3, "orig"))  # a 4th held item: the pending head falls back
+    assert out[0] == (0, FallbackReason.OUTPUT_FULL) and [o[0] for o in out] == [0, 1, 2, 3]
+
+
+# -- worker ---------------------------------------------------------------------------
+@pytest.mark.parametrize("policy,kept", [("drop_oldest", [0, 3]), ("drop_newest", [0, 1])])
+def test_worker_drop_policy(policy: str, kept: list[int]) -> None:
+    gate = threading.Event()
+    done: list[int] = []
+    dropped: list[int] = []
+
+    def run(i: int) -> None:
+        gate.wait(5)
+        done.append(i)
+
+    w: RestoreWorker[int] = RestoreWorker(run, 1, policy, dropped.append, lambda i, e: None)
+    w.submit(0)
+    while not w.busy:
+        time.sleep(0.001)
+    for i in (1, 2, 3):  # queue of 1 while 0 runs
+        w.submit(i)
+    gate.set()
+    deadline = time.monotonic() + 5
+    while len(done) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert done == kept
+    assert sorted(dropped) == sorted({1, 2, 3} - set(kept))
+    assert w.stop(1.0) == []
+
+
+def test_worker_survives_a_crashing_job() -> None:
+    crashes: list[tuple[int, str]] = []
+    done: list[int] = []
+
+    def run(i: int) -> None:
+        if i == 0:
+            raise MemoryError("out of memory")
+        done.append(i)
+
+    w: RestoreWorker[int] = RestoreWorker(run, 4, "drop_oldest", lambda i: None, lambda i, e: crashes.append((i, type(e).__name__)))
+    w.submit(0)
+    w.submit(1)
+    deadline = time.monotonic() + 5
+    while not done and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert crashes == [(0, "MemoryError")] and done == [1]
+    w.stop(1.0)
+
+
+# -- stats ------------------------------------------------------------------------------
+def test_stats_levels_and_percentiles() -> None:
+    s = NodeStats()
+    for v in range(1, 101):
+        s.on_restore_call(float(v), None)
+    snap = s.snapshot()
+    assert snap.level == Level.OK and snap.latency_ms[0] == pytest.approx(50.5)
+    assert snap.latency_ms[2] == pytest.approx(99.01)
+    s.on_restore_call(3.0, MemoryError("CUDA out of memory"))
+    snap = s.snapshot()
+    assert snap.level == Level.ERROR and "MemoryError" in snap.last_error
+    s.on_restore_call(3.0, None)  # recovery
+    s.on_dropped("size_mismatch")
+    snap = s.snapshot()
+    assert snap.level == Level.WARN and snap.last_error == "" and snap.dropped == {"size_mismatch": 1}
+    assert s.snapshot().level == Level.OK  # WARN is about the last period only
+
+
+# -- parameters, config file, launch file --------------------------------------------------
+def test_params_file_lists_every_parameter_with_the_declared_default(repo_root: Path) -> None:
+    data = yaml.safe_load((repo_root / "config" / "restore.yaml").read_text())
+    values = data["/**"]["ros__parameters"]
+    assert values == P.defaults()
+    for name, value in values.items():  # same types, so rclpy accepts the file
+        assert type(value) is type(P.SPECS[name].default), name
+    assert P.pipeline_config(values).num_views == values["num_views"]
+
+
+def test_check_value_explains_rejections() -> None:
+    assert P.check_value("num_views", 4) is None
+    assert "must be >= 1" in P.check_value("num_views", 0)
+    assert "one of stream, keyframes" in P.check_value("mode", "fast")
+    assert "must be float" in P.check_value("latency_budget_s", "1")
+    assert "finite" in P.check_value("latency_budget_s", float("nan"))
+    assert "cuda:N" in P.check_value("device", "gpu0")
+    assert "unknown parameter" in P.check_value("nope", 1)
+    with pytest.raises(ValueError, match="min_depth"):
+        P.pipeline_config({**P.defaults(), "min_depth": 5.0, "max_depth": 1.0})
+
+
+def test_launch_file_declares_the_documented_arguments(repo_root: Path) -> None:
+    path = repo_root / "launch" / "restore.launch.py"
+    tree = ast.parse(path.read_text())
+    compile(tree, str(path), "exec")
+    declared = {
+        n.args[0].value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "DeclareLaunchArgument"
+    }
+    assert {"params_file", "namespace", "image", "camera_info", "pose", "depth", "backend", "device"} <= declared
+    overrides = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "OVERRIDES")
+    for name in ast.literal_eval(overrides.value):
+        assert name in P.SPECS and name in declared, name
+    assert "generate_launch_description" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
