@@ -8,7 +8,11 @@ and a private DDS domain, so tests never talk off loopback or to each other.
 from __future__ import annotations
 
 import os
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +29,12 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(_private_domain_id()))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("PYTHONPATH", str(REPO_ROOT))
+# The same defaults as the Makefile's, for `.venv/bin/python -m pytest` run
+# directly: the venv is the ament prefix (rmw and message lookup; a sourced
+# ROS install sets its own), Fast DDS, and its 16 MB shared-memory profile.
+os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds.xml"))
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +48,47 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (only present beside the project checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def rclpy_context() -> Iterator[Any]:
+    """A fresh rclpy ``Context``, initialised for one test and shut down after it."""
+    rclpy = pytest.importorskip("rclpy")
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    try:
+        yield ctx
+    finally:
+        if ctx.ok():
+            rclpy.shutdown(context=ctx)
+
+
+@pytest.fixture
+def ros_executor(rclpy_context: Any) -> Iterator[Any]:
+    """A ``SingleThreadedExecutor`` spinning in a background thread on ``rclpy_context``.
+
+    Add nodes with ``ros_executor.add_node(node)``. Teardown follows the only
+    order that neither hangs nor aborts the interpreter at exit: executor
+    shutdown, join the (non-daemon) thread, destroy the nodes, then the
+    context shutdown (``rclpy_context``).
+    """
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor(context=rclpy_context)
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    thread = threading.Thread(target=spin, name="ros_executor", daemon=False)
+    thread.start()
+    try:
+        yield executor
+    finally:
+        nodes = list(executor.get_nodes())
+        executor.shutdown()
+        thread.join(timeout=10)
+        for node in nodes:
+            node.destroy_node()
