@@ -8,6 +8,7 @@ by encode returns the input codes exactly (zero exposure == sharp exactly).
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 __all__ = ["SRGB_TO_LINEAR", "srgb_to_linear", "linear_to_srgb"]
@@ -25,7 +26,9 @@ def srgb_to_linear(image: np.ndarray) -> np.ndarray:
     """uint8 sRGB image -> float32 linear intensity in [0, 1] (same shape)."""
     if image.dtype != np.uint8:
         raise TypeError(f"expected a uint8 sRGB image, got {image.dtype}")
-    return SRGB_TO_LINEAR[image]
+    if image.ndim == 3 and image.shape[2] > 4:
+        return SRGB_TO_LINEAR[image]
+    return cv2.LUT(image, SRGB_TO_LINEAR)  # ~7x faster than fancy indexing
 
 
 def linear_to_srgb(linear: np.ndarray) -> np.ndarray:

@@ -4,12 +4,14 @@ Every surface is a planar quad, which makes two things exact and cheap:
 
 * the map from texture pixels to image pixels is a homography, so a quad's
   texture is drawn with one ``cv2.warpPerspective`` limited to the screen box
-  where the quad is visible (borders wrap, which tiles the texture);
+  where the quad is visible, from a crop of the tiled texture that covers
+  exactly the visible part of the quad (no border wrapping: OpenCV's wrap
+  mode is ~10x slower than its in-bounds path);
 * inverse depth ``1/z`` is an affine function of the pixel ``(u, v)`` on a
   plane, so per-pixel depth and the z-test cost three multiply-adds.
 
 Rendering is deferred: pass 1 rasterises every quad's polygon (clipped at the
-near plane) into an inverse-depth and quad-id buffer; pass 2 warps each
+frustum) into an inverse-depth and quad-id buffer; pass 2 warps each
 visible quad's texture only where it won. The texture mip level is chosen per
 depth band (a level per octave of depth), so far floor tiles do not alias.
 
@@ -44,19 +46,43 @@ class RenderResult:
     quad_id: np.ndarray  # int16 (H, W), -1 where nothing was hit
 
 
-def _clip_near(points_cam: np.ndarray, near: float) -> np.ndarray:
-    """Sutherland-Hodgman clip of a convex polygon (k, 3) to ``z >= near``."""
+def _clip(poly: np.ndarray, plane: np.ndarray) -> np.ndarray:
+    """Sutherland-Hodgman clip of a convex polygon (k, 3) to ``plane[:3] . p >= plane[3]``."""
+    if len(poly) == 0:
+        return poly
+    n, off = plane[:3], plane[3]
+    side = poly @ n - off
+    if np.all(side >= 0):
+        return poly
     out = []
-    k = len(points_cam)
+    k = len(poly)
     for i in range(k):
-        p, q = points_cam[i], points_cam[(i + 1) % k]
-        pin, qin = p[2] >= near, q[2] >= near
-        if pin:
-            out.append(p)
-        if pin != qin:
-            s = (near - p[2]) / (q[2] - p[2])
-            out.append(p + s * (q - p))
+        j = (i + 1) % k
+        if side[i] >= 0:
+            out.append(poly[i])
+        if (side[i] >= 0) != (side[j] >= 0):
+            s = side[i] / (side[i] - side[j])
+            out.append(poly[i] + s * (poly[j] - poly[i]))
     return np.array(out) if out else np.zeros((0, 3))
+
+
+def _wrapped_pieces(lo: int, hi: int, period: int) -> list[tuple[int, int]]:
+    """Split [lo, hi) of an infinitely tiled axis into in-tile [a, b) ranges."""
+    out = []
+    for k in range(lo // period, (hi - 1) // period + 1):
+        out.append((max(lo, k * period) - k * period, min(hi, (k + 1) * period) - k * period))
+    return out
+
+
+def _tiled_crop(tex: np.ndarray, t0: int, t1: int, s0: int, s1: int) -> np.ndarray:
+    """Rows [t0, t1) x columns [s0, s1) of ``tex`` repeated forever (a view when no seam is crossed)."""
+    h, w = tex.shape[:2]
+    rows = _wrapped_pieces(t0, t1, h)
+    cols = _wrapped_pieces(s0, s1, w)
+    if len(rows) == 1 and len(cols) == 1:
+        return tex[rows[0][0] : rows[0][1], cols[0][0] : cols[0][1]]
+    strip = np.concatenate([tex[a:b] for a, b in rows], axis=0) if len(rows) > 1 else tex[rows[0][0] : rows[0][1]]
+    return np.concatenate([strip[:, a:b] for a, b in cols], axis=1) if len(cols) > 1 else strip[:, cols[0][0] : cols[0][1]]
 
 
 class Renderer:
@@ -66,120 +92,151 @@ class Renderer:
         self.scene = scene
         self.K = intrinsics
         h, w = intrinsics.height, intrinsics.width
-        # Pixel-centre grids, shared by every inverse-depth evaluation.
-        self._u = np.broadcast_to(np.arange(w, dtype=np.float32)[None, :], (h, w))
-        self._v = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w))
+        fx, fy, cx, cy = intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy
+        self._u = np.arange(w, dtype=np.float32)
+        self._v = np.arange(h, dtype=np.float32)
         self._Kinv = np.linalg.inv(intrinsics.K)
-        self._focal = math.sqrt(intrinsics.fx * intrinsics.fy)
+        self._focal = math.sqrt(fx * fy)
+        # Near plane and the four image-border planes through the optical centre
+        # (camera frame, keep n.p >= off); a pixel's edge is half a pixel past its centre.
+        self._frustum = [
+            np.array([0.0, 0.0, 1.0, NEAR_PLANE_M]),
+            np.array([fx, 0.0, cx + 0.5, 0.0]),
+            np.array([-fx, 0.0, w - 0.5 - cx, 0.0]),
+            np.array([0.0, fy, cy + 0.5, 0.0]),
+            np.array([0.0, -fy, h - 0.5 - cy, 0.0]),
+        ]
+        # Per-quad constants, stacked so culling and transforms are one array op per view.
+        quads = scene.quads
+        self._corners = np.stack([q.corners() for q in quads]) if quads else np.zeros((0, 4, 3))
+        self._normals = np.stack([q.normal for q in quads]) if quads else np.zeros((0, 3))
+        self._origins = np.stack([q.origin for q in quads]) if quads else np.zeros((0, 3))
+        # Texel size at mip level 0 (metres per texture pixel along edge_u).
+        self._texel0 = np.array([q.tile_m[0] / q.texture.width for q in quads])
+        # World point -> fractional quad coordinates (a, b): pseudo-inverse of [edge_u edge_v].
+        self._to_ab = [np.linalg.pinv(np.column_stack([q.edge_u, q.edge_v])) for q in quads]
 
     def render(self, pose: Pose) -> RenderResult:
         """Sharp image, depth, validity and quad ids seen from ``pose`` (T_world_cam)."""
         h, w = self.K.height, self.K.width
+        fx, fy, cx, cy = self.K.fx, self.K.fy, self.K.cx, self.K.cy
         inv_z = np.zeros((h, w), np.float32)
         qid = np.full((h, w), -1, np.int16)
         R_cw = pose.rotation.T
         t_cw = -R_cw @ pose.translation
-        cam_centre = pose.translation
+        front = np.einsum("qk,qk->q", self._normals, pose.translation - self._origins) > 1e-9  # not back faces
+        pc_all = self._corners @ R_cw.T + t_cw  # (Q, 4, 3) camera frame
+        n_c_all = self._normals @ R_cw.T  # (Q, 3)
+        d_all = np.einsum("qk,qk->q", n_c_all, pc_all[:, 0])  # plane offsets n.X = d
+        coef_all = (n_c_all @ self._Kinv) / d_all[:, None]  # (Q, 3): 1/z = a u + b v + c
         drawn: list[tuple[int, tuple[int, int, int, int], np.ndarray]] = []
 
-        # Pass 1: polygons into the inverse-depth / id buffers.
-        for i, q in enumerate(self.scene.quads):
-            n_w = q.normal
-            if np.dot(n_w, cam_centre - q.origin) <= 1e-9:  # back face (or edge-on)
+        # Pass 1: visible polygons (clipped to the frustum) into the inverse-depth / id buffers.
+        for i in np.flatnonzero(front & (pc_all[:, :, 2].max(axis=1) >= NEAR_PLANE_M)):
+            poly = pc_all[i]
+            for plane in self._frustum:
+                poly = _clip(poly, plane)
+            if len(poly) < 3:
                 continue
-            pc = q.corners() @ R_cw.T + t_cw  # (4, 3) camera frame
-            if np.all(pc[:, 2] < NEAR_PLANE_M):
-                continue
-            if np.any(pc[:, 2] < NEAR_PLANE_M):
-                pc = _clip_near(pc, NEAR_PLANE_M)
-            uv = pc[:, :2] / pc[:, 2:3] * [self.K.fx, self.K.fy] + [self.K.cx, self.K.cy]
+            uv = self._project(poly)
             x0 = max(int(math.floor(uv[:, 0].min())), 0)
             y0 = max(int(math.floor(uv[:, 1].min())), 0)
             x1 = min(int(math.ceil(uv[:, 0].max())) + 1, w)
             y1 = min(int(math.ceil(uv[:, 1].max())) + 1, h)
             if x0 >= x1 or y0 >= y1:
                 continue
-            # Plane n.X = d in camera coordinates: 1/z = (n^T K^-1 [u v 1]) / d.
-            n_c = R_cw @ n_w
-            d = float(n_c @ (R_cw @ q.origin + t_cw))
-            coef = (n_c @ self._Kinv) / d  # (a, b, c)
-            inv = (coef[0] * self._u[y0:y1, x0:x1] + coef[1] * self._v[y0:y1, x0:x1] + coef[2]).astype(np.float32)
+            a, b, c = coef_all[i].astype(np.float32)
+            inv = np.add.outer(b * self._v[y0:y1] + c, a * self._u[x0:x1])  # (rows, cols) float32
             mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
             pts = np.round((uv - [x0, y0]) * (1 << _SUBPIXEL_BITS)).astype(np.int32)
             cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
             win = inv > inv_z[y0:y1, x0:x1]
             win &= mask.view(bool)
-            np.copyto(inv_z[y0:y1, x0:x1], inv, where=win)
+            cv2.copyTo(inv, win.view(np.uint8), inv_z[y0:y1, x0:x1])
             np.copyto(qid[y0:y1, x0:x1], np.int16(i), where=win)
-            drawn.append((i, (x0, y0, x1, y1), coef))
+            drawn.append((int(i), (x0, y0, x1, y1), poly))
 
-        # Pass 2: textures where each quad won the z-test.
+        # Pass 2: textures where each quad won the z-test, one mip level per depth band.
         image = np.zeros((h, w, 3), np.uint8)
-        for i, (x0, y0, x1, y1), coef in drawn:
+        for i, (x0, y0, x1, y1), poly in drawn:
             sel = qid[y0:y1, x0:x1] == i
-            rows, cols = np.flatnonzero(sel.any(axis=1)), np.flatnonzero(sel.any(axis=0))
-            if rows.size == 0:
+            if not sel.any():
                 continue
-            # Shrink to the visible box.
-            y0, y1, x0, x1 = y0 + rows[0], y0 + rows[-1] + 1, x0 + cols[0], x0 + cols[-1] + 1
-            sel = sel[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-            self._shade(self.scene.quads[i], pose, coef, (x0, y0, x1, y1), sel, inv_z, image)
+            self._shade(i, pose, poly, (x0, y0, x1, y1), sel, inv_z, image)
 
         valid = inv_z > 0
         depth = np.zeros((h, w), np.float32)
         np.divide(1.0, inv_z, out=depth, where=valid)
         return RenderResult(image, depth, valid, qid)
 
-    def _level_of_inv_depth(self, q: Quad, inv: float, nlevels: int) -> float:
-        """Continuous mip level for a pixel at inverse depth ``inv``: log2(pixel footprint / texel)."""
-        texel0 = q.tile_m[0] / q.texture.width
-        return math.log2(max(1.0 / (max(inv, 1e-9) * self._focal * texel0), 1e-9))
+    def _project(self, poly: np.ndarray) -> np.ndarray:
+        uv = np.empty((len(poly), 2))
+        uv[:, 0] = poly[:, 0] / poly[:, 2] * self.K.fx + self.K.cx
+        uv[:, 1] = poly[:, 1] / poly[:, 2] * self.K.fy + self.K.cy
+        return uv
 
-    def _shade(self, q: Quad, pose: Pose, coef: np.ndarray, box: tuple[int, int, int, int], sel: np.ndarray,
+    def _z_at_level(self, i: int, level: float) -> float:
+        """Depth where the pixel footprint equals ``2**level`` texels."""
+        return 2.0**level * self._focal * self._texel0[i]
+
+    def _shade(self, i: int, pose: Pose, poly: np.ndarray, box: tuple[int, int, int, int], sel: np.ndarray,
                inv_z: np.ndarray, image: np.ndarray) -> None:
-        x0, y0, x1, y1 = box
-        nlev = len(q.texture.levels)
-        # Inverse depth is affine, so its range over the box is at the corners.
-        corners = [coef[0] * x + coef[1] * y + coef[2] for x in (x0, x1 - 1) for y in (y0, y1 - 1)]
-        lv_near = self._level_of_inv_depth(q, max(corners), nlev)
-        lv_far = self._level_of_inv_depth(q, min(corners), nlev)
-        l_lo = int(min(max(round(lv_near), 0), nlev - 1))
-        l_hi = int(min(max(round(lv_far), 0), nlev - 1))
+        nlev = len(self.scene.quads[i].texture.levels)
+        # Depth is linear along the polygon, so its range is at the vertices.
+        z_near, z_far = float(poly[:, 2].min()), float(poly[:, 2].max())
+        l_lo = int(min(max(round(math.log2(z_near / self._z_at_level(i, 0))), 0), nlev - 1))
+        l_hi = int(min(max(round(math.log2(z_far / self._z_at_level(i, 0))), 0), nlev - 1))
         if l_lo == l_hi:
-            self._warp_into(q, pose, l_lo, box, sel, image)
+            self._warp_into(i, pose, l_lo, poly, box, sel, image)
             return
+        x0, y0, x1, y1 = box
         inv = inv_z[y0:y1, x0:x1]
         for lv in range(l_lo, l_hi + 1):
-            # Inverse-depth interval where round(level) == lv.
-            lo = 0.0 if lv == l_hi else self._inv_at_level(q, lv + 0.5)
-            hi = np.inf if lv == l_lo else self._inv_at_level(q, lv - 0.5)
-            band = sel & (inv > lo) & (inv <= hi)
-            rows, cols = np.flatnonzero(band.any(axis=1)), np.flatnonzero(band.any(axis=0))
-            if rows.size == 0:
+            # Depth interval where round(level) == lv, as a band of the polygon and of the pixels.
+            z_lo = 0.0 if lv == l_lo else self._z_at_level(i, lv - 0.5)
+            z_hi = np.inf if lv == l_hi else self._z_at_level(i, lv + 0.5)
+            band_poly = _clip(poly, np.array([0.0, 0.0, 1.0, z_lo]))
+            if np.isfinite(z_hi):
+                band_poly = _clip(band_poly, np.array([0.0, 0.0, -1.0, -z_hi]))
+            if len(band_poly) < 3:
                 continue
-            sub = (x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1)
-            self._warp_into(q, pose, lv, sub, band[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], image)
+            band = sel & (inv > (1.0 / z_hi if np.isfinite(z_hi) else 0.0))
+            if z_lo > 0:
+                band &= inv <= 1.0 / z_lo
+            self._warp_into(i, pose, lv, band_poly, box, band, image)
 
-    def _inv_at_level(self, q: Quad, level: float) -> float:
-        texel0 = q.tile_m[0] / q.texture.width
-        return 1.0 / (2.0**level * self._focal * texel0)
-
-    def _warp_into(self, q: Quad, pose: Pose, level: int, box: tuple[int, int, int, int], sel: np.ndarray,
-                   image: np.ndarray) -> None:
-        x0, y0, x1, y1 = box
+    def _warp_into(self, i: int, pose: Pose, level: int, poly: np.ndarray, box: tuple[int, int, int, int],
+                   sel: np.ndarray, image: np.ndarray) -> None:
+        """Warp the texture of quad ``i`` (mip ``level``) into ``image`` where ``sel`` (over ``box``) is set."""
+        q = self.scene.quads[i]
+        bx0, by0, bx1, by1 = box
+        # Tighten the box to the pixels this call owns.
+        rows, cols = np.flatnonzero(sel.any(axis=1)), np.flatnonzero(sel.any(axis=0))
+        if rows.size == 0:
+            return
+        x0, y0, x1, y1 = bx0 + cols[0], by0 + rows[0], bx0 + cols[-1] + 1, by0 + rows[-1] + 1
+        sel = sel[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         tex = q.texture.levels[level]
         th, tw = tex.shape[:2]
-        # Texture pixel (s, t) of this level -> world point -> image pixel (shifted to the box).
         ru = np.linalg.norm(q.edge_u) / q.tile_m[0]
         rv = np.linalg.norm(q.edge_v) / q.tile_m[1]
+        # Texture pixel of the visible polygon's vertices: the crop of the tiled texture needed.
+        world = pose.transform_points(poly)
+        ab = (world - q.origin) @ self._to_ab[i].T  # (k, 2) fractional quad coordinates
+        st = ab * [tw * ru, th * rv] - 0.5
+        s0, t0 = int(math.floor(st[:, 0].min())) - 1, int(math.floor(st[:, 1].min())) - 1
+        s1, t1 = int(math.ceil(st[:, 0].max())) + 2, int(math.ceil(st[:, 1].max())) + 2
+        crop = _tiled_crop(tex, t0, t1, s0, s1)
+        # Crop pixel (s', t') -> world point -> image pixel shifted to the box.
         a = q.edge_u / (tw * ru)
         b = q.edge_v / (th * rv)
-        R_cw = pose.rotation.T
-        M = np.column_stack([a, b, q.origin + 0.5 * a + 0.5 * b - pose.translation])
-        H = self.K.K @ R_cw @ M
-        H = np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1.0]]) @ H
-        warped = cv2.warpPerspective(tex, H, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
-        np.copyto(image[y0:y1, x0:x1], warped, where=sel[..., None])
+        M = np.column_stack([a, b, q.origin + (0.5 + s0) * a + (0.5 + t0) * b - pose.translation])
+        H = self.K.K @ pose.rotation.T @ M
+        H[0] -= x0 * H[2]
+        H[1] -= y0 * H[2]
+        warped = cv2.warpPerspective(crop, H, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_CONSTANT)
+        cv2.copyTo(warped, sel.view(np.uint8), image[y0:y1, x0:x1])
 
 
 def render_view(scene: Scene, intrinsics: CameraIntrinsics, pose: Pose) -> RenderResult:
