@@ -1,0 +1,195 @@
+"""Backends ``sirdiff`` (all views of a set denoised jointly) and ``sirdiff-single``
+(the same weights, each requested view run alone: the single-view baseline).
+
+Frames in, frames' images out: mono images are replicated to RGB and converted
+back; sizes that are not a multiple of the model's factor are padded
+(reflect) and cropped back; partners whose size differs from the target's are
+resized to it (they come from the same camera in the online core, so this is
+a guard, not the normal path).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..frame import Frame
+from .base import RestoredView, RestorerError, RestoreRequest, RestoreResult, register_restorer
+
+__all__ = ["DEFAULT_CHECKPOINT", "SirDiffRestorer", "SingleViewSirDiffRestorer"]
+
+# The model shipped with the package (trained by `sirdiff-train`, see its MODEL_CARD.md).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "sirdiff-cpu"
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def _resolve_dtype(dtype: str | None, device: str):
+    import torch
+
+    if dtype in (None, "auto"):
+        # Half precision on GPUs (bf16 where supported), float32 on the CPU.
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise RestorerError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(sorted(_DTYPES))}")
+    return getattr(torch, _DTYPES[dtype])
+
+
+def _load_pipeline(checkpoint: str | Path | None, sd21: str | Path | None, svd: str | Path | None, device: str, dtype):
+    """Pipeline from a trained checkpoint folder, or from SD 2.1 (+ SVD) folders (E1's initialisation)."""
+    from ...model.pipeline import CheckpointError, SirDiffPipeline
+
+    if sd21 is not None:
+        from ...model.encoders import EncoderError, VaeEncoder
+        from ...model.pipeline import Parametrization, make_scheduler
+        from ...model.pretrained import init_from_pretrained
+
+        try:
+            encoder = VaeEncoder.from_folder(Path(sd21) / "vae")
+            unet = init_from_pretrained(sd21, svd).model
+        except (EncoderError, OSError, ValueError, KeyError) as exc:
+            raise RestorerError(f"cannot build the sirdiff model from {sd21} / {svd}: {exc}") from exc
+        # SD's latents are not residuals of degraded latents; sample them directly.
+        pipe = SirDiffPipeline(unet=unet, scheduler=make_scheduler("ddim"), encoder=encoder,
+                               parametrization=Parametrization(residual=False))
+        return pipe.to(device, dtype)
+    folder = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    try:
+        return SirDiffPipeline.from_checkpoint(folder, device=device, dtype=dtype)
+    except CheckpointError as exc:
+        raise RestorerError(str(exc)) from exc
+
+
+class SirDiffRestorer:
+    """Multi-view diffusion restoration of a view set (backend ``sirdiff``).
+
+    Options: ``checkpoint`` (folder; default: the shipped weights), or ``sd21``
+    (and optionally ``svd``) folders for an SD-2.1-initialised model;
+    ``device`` ('cpu', 'cuda', 'cuda:0'); ``steps`` (default from the
+    checkpoint); ``seed`` (noise seed, fixed per call: same input, same output);
+    ``dtype`` ('auto', 'float32', 'float16', 'bfloat16');
+    ``memory_budget_mb`` (tile/chunk to stay under it); ``tile_size`` (latent px).
+    """
+
+    name = "sirdiff"
+    joint = True
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", steps: int | None = None,
+                 seed: int = 0, dtype: str | None = "auto", memory_budget_mb: float | None = None,
+                 tile_size: int | None = None, sd21: str | Path | None = None, svd: str | Path | None = None,
+                 **unknown: Any) -> None:
+        if unknown:
+            raise RestorerError(f"unknown option(s) for {self.name}: {', '.join(sorted(unknown))}")
+        import torch
+
+        device = str(device)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RestorerError(f"device {device!r} requested but CUDA is not available")
+        if device != "cpu" and not device.startswith("cuda"):
+            raise RestorerError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        if steps is not None and int(steps) < 1:
+            raise RestorerError(f"steps must be >= 1, got {steps}")
+        self.device = device
+        self.dtype = _resolve_dtype(dtype, device)
+        self.pipe = _load_pipeline(checkpoint, sd21, svd, device, self.dtype)
+        self.steps = int(steps) if steps is not None else int(self.pipe.default_steps)
+        self.seed = int(seed)
+        self.memory_budget_mb = memory_budget_mb
+        self.tile_size = tile_size
+        self.checkpoint = str(checkpoint if checkpoint is not None else (sd21 or DEFAULT_CHECKPOINT))
+        self._lock = threading.Lock()  # the scheduler keeps per-call state
+
+    # ----------------------------------------------------------- conversion
+    @staticmethod
+    def _rgb(frame: Frame, size: tuple[int, int]) -> np.ndarray:
+        img = frame.image
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        if (img.shape[1], img.shape[0]) != size:
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        return img
+
+    def _run(self, sets: list[list[np.ndarray]]) -> np.ndarray:
+        """Restore B sets of N same-size RGB uint8 views -> (B, N, H, W, 3) uint8."""
+        import torch
+
+        from ...model.pipeline import images_to_tensor
+
+        h, w = sets[0][0].shape[:2]
+        m = self.pipe.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        mode = "reflect" if ph < h and pw < w else "edge"
+        batch = []
+        for views in sets:
+            padded = [np.pad(v, ((0, ph), (0, pw), (0, 0)), mode=mode) for v in views]
+            batch.append(images_to_tensor(padded))  # (N, 3, H', W')
+        x = torch.stack(batch)  # (B, N, 3, H', W')
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        with self._lock:
+            out = self.pipe(x, num_inference_steps=self.steps, generator=gen, memory_budget_mb=self.memory_budget_mb,
+                            tile_size=self.tile_size, output_type="np")
+        self._last_tiles = out.tiles
+        return out.images[:, :, :h, :w]
+
+    def _calls(self, request: RestoreRequest, views: list[np.ndarray]) -> list[tuple[list[np.ndarray], dict[int, int]]]:
+        """Model calls as (views of the set, {request index: position in the set}).
+        Joint restoration: one set of all views."""
+        return [(views, {i: i for i in request.targets})]
+
+    def restore(self, request: RestoreRequest) -> RestoreResult:
+        if not request.views:
+            raise RestorerError("empty view set")
+        n = len(request.views)
+        for t in request.targets:
+            if not 0 <= t < n:
+                raise RestorerError(f"target index {t} outside the view set of {n}")
+        t0 = time.perf_counter()
+        ref = request.views[request.targets[0] if request.targets else 0]
+        size = (ref.width, ref.height)
+        views = [self._rgb(f, size) for f in request.views]
+        # Calls with the same number of views run as one batch of sets.
+        groups: dict[int, list[tuple[list[np.ndarray], dict[int, int]]]] = {}
+        for call in self._calls(request, views):
+            groups.setdefault(len(call[0]), []).append(call)
+        out_by_index: dict[int, np.ndarray] = {}
+        try:
+            for group in groups.values():
+                restored = self._run([g[0] for g in group])  # (B, N, H, W, 3)
+                for (_, where), res in zip(group, restored):
+                    for index, pos in where.items():
+                        out_by_index[index] = res[pos]
+        except RuntimeError as exc:  # OOM and kernel failures surface as RuntimeError
+            raise RestorerError(f"{self.name} failed on {self.device}: {exc}") from exc
+        result = []
+        for i in request.targets:
+            src = request.views[i].image
+            img = out_by_index[i]
+            if (img.shape[1], img.shape[0]) != (src.shape[1], src.shape[0]):
+                img = cv2.resize(img, (src.shape[1], src.shape[0]), interpolation=cv2.INTER_AREA)
+            if src.ndim == 2:
+                img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+            result.append(RestoredView(index=i, image=np.ascontiguousarray(img), restored=True,
+                                       info={"steps": self.steps, "views": len(views), "tiles": self._last_tiles}))
+        return RestoreResult(views=result, backend=self.name, device=self.device, latency_s=time.perf_counter() - t0)
+
+
+class SingleViewSirDiffRestorer(SirDiffRestorer):
+    """The same weights with each requested view restored alone (N = 1): backend ``sirdiff-single``."""
+
+    name = "sirdiff-single"
+    joint = False
+
+    def _calls(self, request: RestoreRequest, views: list[np.ndarray]) -> list[tuple[list[np.ndarray], dict[int, int]]]:
+        return [([views[i]], {i: 0}) for i in request.targets]
+
+
+register_restorer("sirdiff")(SirDiffRestorer)
+register_restorer("sirdiff-single")(SingleViewSirDiffRestorer)

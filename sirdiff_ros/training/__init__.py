@@ -1,0 +1,1 @@
+"""Training of the SIR-Diff model (``sirdiff-train``): data cache, loop, export."""

@@ -1,0 +1,131 @@
+"""``sirdiff-train``: cache training view sets, train (resumable), export weights.
+
+Examples::
+
+    sirdiff-train cache --out cache/synth96 --sets 3000 --views 4 --size 96x96
+    sirdiff-train train --run runs/cpu --cache cache/synth96 --preset small --steps 20000
+    sirdiff-train train --run runs/cpu --steps 30000      # resume, go further
+    sirdiff-train export --run runs/cpu --out sirdiff_ros/weights/sirdiff-cpu
+    accelerate launch -m sirdiff_ros.training.cli train --run runs/gpu --cache ...   # multi-GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'WxH' -> (width, height)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 96x96 (WxH), got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+def _range(text: str) -> tuple[int, int]:
+    parts = [int(v) for v in text.split("-")]
+    lo, hi = (parts[0], parts[-1])
+    if lo < 1 or hi < lo:
+        raise argparse.ArgumentTypeError(f"view range must look like 1-4, got {text!r}")
+    return lo, hi
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sirdiff-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("cache", help="render training view sets (training seeds only) into .npz shards")
+    c.add_argument("--out", required=True, help="shard folder (git-ignored, e.g. cache/synth96)")
+    c.add_argument("--sets", type=int, default=2000, help="number of view sets")
+    c.add_argument("--views", type=int, default=4, help="views per set")
+    c.add_argument("--size", type=_size, default=(96, 96), help="view size WxH")
+    c.add_argument("--first-seed", type=int, default=0, help="first training seed index")
+    c.add_argument("--shard-size", type=int, default=64)
+
+    t = sub.add_parser("train", help="train or resume a run")
+    t.add_argument("--run", required=True, help="run folder (resumed if it holds checkpoints)")
+    t.add_argument("--cache", help="shard folder (required for a new run)")
+    t.add_argument("--preset", default="small", help="model preset (sirdiff_ros.model.presets)")
+    t.add_argument("--task", choices=("deblur", "sr4"), default="deblur")
+    t.add_argument("--steps", type=int, default=10000, help="total steps to reach")
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--crop", type=_size, default=None, help="random crop WxH (same window in all views)")
+    t.add_argument("--views", type=_range, default=(1, 4), help="random views per batch, e.g. 1-4")
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--ema-decay", type=float, default=0.999)
+    t.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "sample"), default="epsilon")
+    t.add_argument("--snr-gamma", type=float, default=None, help="min-SNR-gamma loss weighting (e.g. 5)")
+    t.add_argument("--no-residual", action="store_true", help="diffuse the sharp latents, not the residual")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save-every", type=int, default=250)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    t.add_argument("--stop-after", type=int, default=None, help="train at most this many steps in this call")
+    t.add_argument("--export", help="after training, export the EMA weights to this folder")
+
+    e = sub.add_parser("export", help="export a run's EMA weights as a checkpoint folder")
+    e.add_argument("--run", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--fp16", action="store_true", help="store weights in float16")
+    e.add_argument("--raw", action="store_true", help="export the raw weights, not the EMA")
+    e.add_argument("--default-steps", type=int, default=4)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "cache":
+        from ..data import synth
+        from .data import synthetic_view_sets, write_shards
+
+        w, h = args.size
+        seeds = synth.training_seeds(args.sets, args.first_seed)
+        meta = {"generator": "sirdiff_ros.data.synth.sample_view_set", "sets": args.sets, "views": args.views,
+                "width": w, "height": h, "first_seed": args.first_seed}
+        paths = write_shards(synthetic_view_sets(seeds, args.views, w, h), args.out, args.shard_size, meta=meta)
+        print(f"wrote {len(paths)} shards to {args.out}")
+        return 0
+
+    from .trainer import TrainConfig, Trainer, export_run
+
+    if args.cmd == "train":
+        run = Path(args.run)
+        cfg = None
+        if not (run / "run.json").is_file():
+            if not args.cache:
+                print(f"sirdiff-train: {run} is a new run; --cache is required", file=sys.stderr)
+                return 2
+            crop = (args.crop[1], args.crop[0]) if args.crop else None
+            cfg = TrainConfig(cache=args.cache, preset=args.preset, task=args.task, max_steps=args.steps,
+                              batch_size=args.batch_size, crop=crop, n_views=args.views, lr=args.lr,
+                              ema_decay=args.ema_decay, prediction_type=args.prediction_type,
+                              snr_gamma=args.snr_gamma, residual=not args.no_residual, seed=args.seed,
+                              save_every=args.save_every, num_threads=args.threads,
+                              mixed_precision=args.mixed_precision)
+        else:
+            cfg = TrainConfig.from_json(run / "run.json")
+            cfg.max_steps = args.steps
+        trainer = Trainer(run, cfg)
+        step = trainer.fit(stop_after=args.stop_after)
+        print(f"reached step {step} of {trainer.config.max_steps}")
+        if args.export:
+            out = export_run(run, args.export)
+            print(f"exported to {out}")
+        return 0
+
+    if args.cmd == "export":
+        out = export_run(args.run, args.out, use_ema=not args.raw, fp16=args.fp16, default_steps=args.default_steps)
+        print(f"exported to {out}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

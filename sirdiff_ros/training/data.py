@@ -1,0 +1,208 @@
+"""Training data: view sets cached to shards, sampled into random-N batches.
+
+A *view set* is N overlapping views of one scene with a sharp target and a
+degraded input per view. Sets come from the synthetic generator
+(:func:`sirdiff_ros.data.synth.sample_view_set`, training seeds only) and are
+cached to ``.npz`` shards under a git-ignored folder (``cache/``) once, since
+rendering costs more than a training step on 2 CPU cores.
+
+Batches draw a random number of views per batch and a random view order
+(the model must work for any N and must not rely on view position), a random
+crop (the same window in every view, so overlap is kept) and a random
+horizontal flip applied to all views alike. The degraded input is the cached
+blurred view for ``task='deblur'``; for ``task='sr4'`` it is the sharp view
+downsampled 4x (area) and upsampled back (bicubic), computed on the fly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = [
+    "DataError",
+    "synthetic_view_sets",
+    "write_shards",
+    "ShardStore",
+    "BatchSampler",
+    "degrade_sr4",
+]
+
+
+class DataError(ValueError):
+    """Missing or inconsistent training data."""
+
+
+ViewSet = tuple[np.ndarray, np.ndarray]  # sharp (V, H, W, 3) uint8, blurred (V, H, W, 3) uint8
+
+
+def synthetic_view_sets(seeds: Iterable[int], n_views: int, width: int, height: int, **kwargs) -> Iterator[ViewSet]:
+    """View sets from the synthetic generator for ``seeds`` (held-out seeds are refused)."""
+    from sirdiff_ros.data import synth
+
+    for seed in seeds:
+        if synth.is_heldout_seed(int(seed)):
+            raise DataError(f"seed {seed} belongs to the held-out evaluation split; never train on it")
+        frames = synth.sample_view_set(int(seed), n_views, width, height, **kwargs)
+        sharp = np.stack([f.extras["sharp"] for f in frames])
+        blurred = np.stack([f.image for f in frames])
+        yield sharp, blurred
+
+
+def write_shards(sets: Iterable[ViewSet], out_dir: str | Path, sets_per_shard: int = 64,
+                 meta: dict | None = None, progress: bool = True) -> list[Path]:
+    """Write ``sets`` into ``out_dir/shard_XXXXX.npz`` (atomic per shard; existing shards are kept,
+    numbering continues, so an interrupted cache build can be extended)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    index = len(sorted(out.glob("shard_*.npz")))
+    written: list[Path] = []
+    sharp_buf: list[np.ndarray] = []
+    blur_buf: list[np.ndarray] = []
+
+    def flush() -> None:
+        nonlocal index
+        if not sharp_buf:
+            return
+        path = out / f"shard_{index:05d}.npz"
+        tmp = out / f".shard_{index:05d}.tmp.npz"
+        np.savez(tmp, sharp=np.stack(sharp_buf), blurred=np.stack(blur_buf))
+        tmp.replace(path)
+        written.append(path)
+        index += 1
+        sharp_buf.clear()
+        blur_buf.clear()
+
+    it = sets
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(sets, desc="caching view sets", unit="set")
+    for sharp, blurred in it:
+        if sharp.shape != blurred.shape or sharp.dtype != np.uint8 or sharp.ndim != 4 or sharp.shape[-1] != 3:
+            raise DataError(f"view set arrays must be matching uint8 (V, H, W, 3), got {sharp.shape} / {blurred.shape}")
+        sharp_buf.append(sharp)
+        blur_buf.append(blurred)
+        if len(sharp_buf) >= sets_per_shard:
+            flush()
+    flush()
+    if meta is not None:
+        (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return written
+
+
+class ShardStore:
+    """All shards of a cache folder in memory: ``sharp``/``blurred`` (S, V, H, W, 3) uint8."""
+
+    def __init__(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        paths = sorted(folder.glob("shard_*.npz"))
+        if not paths:
+            raise DataError(f"no shard_*.npz files in {folder} (build them with `sirdiff-train cache`)")
+        sharp, blurred = [], []
+        for p in paths:
+            try:
+                with np.load(p) as z:
+                    sharp.append(z["sharp"])
+                    blurred.append(z["blurred"])
+            except (OSError, KeyError, ValueError) as exc:
+                raise DataError(f"corrupt shard {p}: {exc}") from exc
+        shapes = {a.shape[1:] for a in sharp}
+        if len(shapes) != 1:
+            raise DataError(f"shards in {folder} have different view-set shapes: {sorted(shapes)}")
+        self.sharp = np.concatenate(sharp)
+        self.blurred = np.concatenate(blurred)
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return int(self.sharp.shape[0])
+
+    @property
+    def views(self) -> int:
+        return int(self.sharp.shape[1])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the cached views."""
+        return int(self.sharp.shape[2]), int(self.sharp.shape[3])
+
+
+def degrade_sr4(sharp: np.ndarray) -> np.ndarray:
+    """4x super-resolution input: area-downsample by 4, bicubic-upsample back. (..., H, W, 3) uint8."""
+    h, w = sharp.shape[-3:-1]
+    flat = sharp.reshape(-1, h, w, 3)
+    out = np.empty_like(flat)
+    for i, im in enumerate(flat):
+        small = cv2.resize(im, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
+        out[i] = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    return out.reshape(sharp.shape)
+
+
+@dataclass
+class Batch:
+    sharp: torch.Tensor  # (B, N, 3, H, W) in [-1, 1]
+    degraded: torch.Tensor  # (B, N, 3, H, W) in [-1, 1]
+
+
+class BatchSampler:
+    """Random-N, random-order, random-crop batches from a :class:`ShardStore`.
+
+    All randomness comes from one numpy Generator whose state is part of the
+    training checkpoint (``state_dict``/``load_state_dict``), so a resumed run
+    draws the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, store: ShardStore, batch_size: int, crop: tuple[int, int] | None,
+                 n_views: tuple[int, int], task: str = "deblur", seed: int = 0,
+                 degrade: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        lo, hi = n_views
+        if not 1 <= lo <= hi <= store.views:
+            raise DataError(f"n_views range {n_views} must lie within 1..{store.views} (views per cached set)")
+        h, w = store.size
+        if crop is not None and (crop[0] > h or crop[1] > w):
+            raise DataError(f"crop {crop} is larger than the cached views {(h, w)}")
+        if task not in ("deblur", "sr4"):
+            raise DataError(f"unknown task {task!r} (expected 'deblur' or 'sr4')")
+        self.store, self.batch_size, self.crop, self.n_views, self.task = store, batch_size, crop, n_views, task
+        self.rng = np.random.default_rng(seed)
+        self._degrade = degrade
+
+    def state_dict(self) -> dict:
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
+
+    def next(self) -> Batch:
+        s = self.store
+        n = int(self.rng.integers(self.n_views[0], self.n_views[1] + 1))
+        idx = self.rng.integers(0, len(s), size=self.batch_size)
+        h, w = s.size
+        ch, cw = self.crop or (h, w)
+        sharp_l, deg_l = [], []
+        for i in idx:
+            order = self.rng.permutation(s.views)[:n]
+            y = int(self.rng.integers(0, h - ch + 1))
+            x = int(self.rng.integers(0, w - cw + 1))
+            sh = s.sharp[i, order, y : y + ch, x : x + cw]
+            if self.task == "deblur":
+                dg = s.blurred[i, order, y : y + ch, x : x + cw]
+            else:
+                dg = (self._degrade or degrade_sr4)(sh)
+            if self.rng.random() < 0.5:  # same flip for every view keeps the set consistent
+                sh, dg = sh[:, :, ::-1], dg[:, :, ::-1]
+            sharp_l.append(sh)
+            deg_l.append(dg)
+
+        def to_t(a: list[np.ndarray]) -> torch.Tensor:
+            # (B, N, H, W, 3) uint8 -> (B, N, 3, H, W) float in [-1, 1]
+            t = torch.from_numpy(np.ascontiguousarray(np.stack(a))).permute(0, 1, 4, 2, 3).float()
+            return t / 127.5 - 1.0
+
+        return Batch(sharp=to_t(sharp_l), degraded=to_t(deg_l))

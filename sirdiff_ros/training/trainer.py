@@ -1,0 +1,274 @@
+"""The training loop: epsilon-prediction diffusion loss on random-N view sets.
+
+Built on ``accelerate.Accelerator`` so the same code runs on one CPU, one GPU
+or many GPUs (``accelerate launch -m sirdiff_ros.training.cli train ...``).
+A run folder holds:
+
+* ``run.json``: the full :class:`TrainConfig` plus values measured at the
+  start (the residual scale), so a resumed run trains exactly the same thing;
+* ``checkpoints/step_XXXXXXX/``: model, optimizer, LR scheduler, EMA, data
+  sampler RNG, torch/numpy/python RNG states (``Accelerator.save_state``),
+  written to a temporary folder and renamed, so a kill never leaves a
+  half-written checkpoint as the latest; the two newest are kept;
+* ``loss.jsonl``: one line per logged step (step, loss, lr, views, seconds).
+
+Starting ``train`` again on the same run folder resumes from the newest
+checkpoint and continues to ``max_steps``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model.encoders import SpaceToDepthEncoder
+from ..model.pipeline import Parametrization, SirDiffPipeline, make_scheduler
+from .data import BatchSampler, ShardStore
+
+__all__ = ["TrainConfig", "Trainer", "measure_residual_scale", "export_run"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on (saved to ``run.json``)."""
+
+    cache: str  # shard folder (``sirdiff-train cache``)
+    preset: str = "small"
+    task: str = "deblur"
+    max_steps: int = 10000
+    batch_size: int = 4
+    crop: tuple[int, int] | None = None  # (h, w) random crop, None: full cached views
+    n_views: tuple[int, int] = (1, 4)
+    lr: float = 2e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    prediction_type: str = "epsilon"  # 'epsilon' (paper), 'v_prediction', 'sample'
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None: plain MSE
+    residual: bool = True
+    encoder_factor: int = 4
+    seed: int = 0
+    save_every: int = 250
+    log_every: int = 10
+    num_threads: int = 2
+    grad_clip: float = 1.0
+    mixed_precision: str = "no"  # accelerate: 'no', 'fp16', 'bf16'
+    measured: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, path: Path) -> "TrainConfig":
+        d = json.loads(path.read_text())
+        for k in ("crop", "n_views"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def measure_residual_scale(store: ShardStore, encoder: SpaceToDepthEncoder, max_sets: int = 256) -> float:
+    """Standard deviation of ``enc(sharp) - enc(blurred)`` over (up to) ``max_sets`` cached sets."""
+    n = min(len(store), max_sets)
+    sharp = torch.from_numpy(store.sharp[:n]).float()
+    blurred = torch.from_numpy(store.blurred[:n]).float()
+    diff = (sharp - blurred) / 127.5  # [-1, 1] scale, (S, V, H, W, 3)
+    # Space-to-depth is a permutation of pixels: the std is the same in latent space.
+    return float(diff.std().clamp_min(1e-3))
+
+
+def _build_unet(preset: str, latent_channels: int):
+    from ..model.presets import build_model
+
+    c = latent_channels
+    return build_model(preset, in_channels=c, cond_channels=c, out_channels=c)
+
+
+class Trainer:
+    """One run folder, one model; ``fit()`` trains (or resumes) to ``max_steps``."""
+
+    def __init__(self, run_dir: str | Path, config: TrainConfig | None = None, progress: bool = True) -> None:
+        from accelerate import Accelerator
+        from diffusers.training_utils import EMAModel
+
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.run_dir / "run.json"
+        if cfg_path.is_file():
+            saved = TrainConfig.from_json(cfg_path)
+            if config is not None and config.max_steps != saved.max_steps:
+                saved.max_steps = config.max_steps  # the one thing a resume may change: how far to go
+            config = saved
+        elif config is None:
+            raise ValueError(f"{self.run_dir} has no run.json; pass a TrainConfig to start a run")
+        self.config = cfg = config
+        torch.set_num_threads(cfg.num_threads)
+        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+        self.progress = progress and self.accelerator.is_main_process
+
+        self.store = ShardStore(cfg.cache)
+        self.encoder = SpaceToDepthEncoder(cfg.encoder_factor)
+        if "residual_scale" not in cfg.measured:
+            cfg.measured["residual_scale"] = measure_residual_scale(self.store, self.encoder) if cfg.residual else 1.0
+        self.parametrization = Parametrization(
+            residual=cfg.residual, residual_scale=float(cfg.measured["residual_scale"]), task=cfg.task
+        )
+        if self.accelerator.is_main_process and not cfg_path.is_file():
+            cfg_path.write_text(json.dumps(asdict(cfg), indent=2))
+
+        # Same seed on every process for the weights; data differs per process.
+        torch.manual_seed(cfg.seed)
+        self.unet = _build_unet(cfg.preset, self.encoder.latent_channels)
+        self.noise_scheduler = make_scheduler("ddim", prediction_type=cfg.prediction_type)
+        self.ema = EMAModel(self.unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True,
+                            model_cls=type(self.unet), model_config=self.unet.config)
+        self.sampler = BatchSampler(self.store, cfg.batch_size, cfg.crop, cfg.n_views, task=cfg.task,
+                                    seed=cfg.seed + 1000 * self.accelerator.process_index)
+        opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+        self.unet, self.optimizer, self.lr_scheduler = self.accelerator.prepare(self.unet, opt, lr_sched)
+        self.accelerator.register_for_checkpointing(self.ema)
+        self.accelerator.register_for_checkpointing(self.sampler)
+        self.step = 0
+        self._resume()
+
+    # ------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(p for p in self.checkpoint_dir.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+    def _resume(self) -> None:
+        cps = self.checkpoints()
+        if not cps:
+            return
+        latest = cps[-1]
+        self.accelerator.load_state(str(latest))
+        self.step = int(json.loads((latest / "step.json").read_text())["step"])
+
+    def save(self) -> Path:
+        """Checkpoint the full training state atomically (tmp folder, then rename)."""
+        self.accelerator.wait_for_everyone()
+        final = self.checkpoint_dir / f"step_{self.step:07d}"
+        if self.accelerator.is_main_process:
+            tmp = self.checkpoint_dir / f"step_{self.step:07d}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.accelerator.save_state(str(tmp))
+            (tmp / "step.json").write_text(json.dumps({"step": self.step}))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.replace(final)
+            for old in self.checkpoints()[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    # ------------------------------------------------------------------- loss
+    def loss_on(self, sharp: torch.Tensor, degraded: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Diffusion loss for one batch of view sets (B, N, 3, H, W) in [-1, 1]."""
+        b, n, _, hh, ww = sharp.shape
+        dev = self.accelerator.device
+        # (B, N, 3, H, W) -> (B*N, 3, H, W) -> encoder -> (B, N, C, h, w)
+        z_sharp = self.encoder.encode(sharp.reshape(b * n, 3, hh, ww).to(dev))
+        z_deg = self.encoder.encode(degraded.reshape(b * n, 3, hh, ww).to(dev))
+        h, w = z_sharp.shape[-2:]
+        z_sharp = z_sharp.reshape(b, n, -1, h, w)
+        z_deg = z_deg.reshape(b, n, -1, h, w)
+        x0 = self.parametrization.target(z_sharp, z_deg)
+        noise = torch.randn_like(x0)
+        # One timestep per set: every view of a set is at the same noise level, as at sampling time.
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), device=dev)
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        pred = self.unet(noisy, t, z_deg).sample
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = self.noise_scheduler.get_velocity(x0, noise, t)
+        elif kind == "sample":
+            target = x0
+        else:
+            raise ValueError(f"unknown prediction_type {kind!r}")
+        per_set = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
+        if self.config.snr_gamma is not None:
+            ac = self.noise_scheduler.alphas_cumprod.to(dev)[t]
+            snr = ac / (1 - ac)
+            w = torch.clamp(snr, max=self.config.snr_gamma)
+            w = w / snr if kind == "epsilon" else (w / (snr + 1) if kind == "v_prediction" else w)
+            per_set = per_set * w
+        return per_set.mean(), n
+
+    # ------------------------------------------------------------------- loop
+    def fit(self, stop_after: int | None = None) -> int:
+        """Train to ``max_steps`` (or ``stop_after`` more steps); returns the step reached."""
+        cfg = self.config
+        target = cfg.max_steps if stop_after is None else min(cfg.max_steps, self.step + stop_after)
+        log_path = self.run_dir / "loss.jsonl"
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="sirdiff-train", unit="step", dynamic_ncols=True)
+        self.unet.train()
+        t_last = time.time()
+        running: list[float] = []
+        while self.step < target:
+            batch = self.sampler.next()
+            with self.accelerator.accumulate(self.unet):
+                loss, n = self.loss_on(batch.sharp, batch.degraded)
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients and cfg.grad_clip:
+                    self.accelerator.clip_grad_norm_(self.unet.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.ema.step(self.accelerator.unwrap_model(self.unet).parameters())
+            self.step += 1
+            running.append(float(loss.detach()))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", N=n)
+            if self.step % cfg.log_every == 0 and self.accelerator.is_main_process:
+                now = time.time()
+                rec = {"step": self.step, "loss": float(np.mean(running)), "lr": self.lr_scheduler.get_last_lr()[0],
+                       "views": n, "seconds": round(now - t_last, 3), "time": now}
+                with log_path.open("a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                running.clear()
+                t_last = now
+            if self.step % cfg.save_every == 0:
+                self.save()
+        if bar is not None:
+            bar.close()
+        if not self.checkpoints() or self.checkpoints()[-1].name != f"step_{self.step:07d}":
+            self.save()
+        return self.step
+
+    # ----------------------------------------------------------------- export
+    def pipeline(self, use_ema: bool = True) -> SirDiffPipeline:
+        """A sampling pipeline with the current (EMA) weights, detached from training."""
+        import copy
+
+        unet = copy.deepcopy(self.accelerator.unwrap_model(self.unet)).eval()
+        if use_ema:
+            self.ema.copy_to(unet.parameters())
+        sched = make_scheduler("ddim", prediction_type=self.config.prediction_type)
+        return SirDiffPipeline(unet=unet, scheduler=sched, encoder=self.encoder, parametrization=self.parametrization)
+
+
+def export_run(run_dir: str | Path, out: str | Path, use_ema: bool = True, fp16: bool = False,
+               default_steps: int = 4) -> Path:
+    """Write the run's newest (EMA) weights as a checkpoint folder the ``sirdiff`` backend loads."""
+    trainer = Trainer(run_dir, progress=False)
+    pipe = trainer.pipeline(use_ema=use_ema)
+    if fp16:
+        pipe.unet.to(torch.float16)
+    info = {"run": str(run_dir), "step": trainer.step, "config": asdict(trainer.config)}
+    return pipe.save_checkpoint(out, default_steps=default_steps, extra=info)
+
