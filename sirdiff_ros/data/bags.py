@@ -29,7 +29,6 @@ part-way yields every frame read before the break, then raises
 
 from __future__ import annotations
 
-import bisect
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +38,10 @@ import cv2
 import numpy as np
 
 from ..core.frame import Frame
-from ..core.geometry import CameraIntrinsics, GeometryError, Pose, interpolate_pose
+from ..core.geometry import CameraIntrinsics, GeometryError, Pose
 from ..core.image_codec import ImageDecodeError, decode_image_msg, encode_image, to_rgb8
 from ..interfaces import make_typestore
+from ..ros.pose_history import PoseHistory  # ROS-free module
 
 __all__ = [
     "BagError",
@@ -342,31 +342,19 @@ class _FrameAssembler:
         self.gt_tolerance_ns = gt_tolerance_ns
         self.cam_from_pose = cam_from_pose
         self.infos: list[tuple[int, CameraIntrinsics]] = []
-        self.pose_stamps: list[int] = []
-        self.poses: list[Pose] = []
+        # Bags hold a whole trajectory; the history only bounds pathological ones.
+        self.poses = PoseHistory(capacity=10_000_000, max_extrapolation_ns=max_pose_gap_ns)
         self.sharp: dict[int, np.ndarray] = {}
         self.depth: dict[int, np.ndarray] = {}
 
     def add_pose(self, stamp: int, pose: Pose) -> None:
         if self.cam_from_pose is not None:
             pose = pose @ self.cam_from_pose
-        i = bisect.bisect_right(self.pose_stamps, stamp)
-        self.pose_stamps.insert(i, stamp)
-        self.poses.insert(i, pose)
+        self.poses.add(stamp, pose)  # out-of-order stamps are dropped by the history
 
     def pose_at(self, stamp: int) -> Pose | None:
-        st = self.pose_stamps
-        if not st:
-            return None
-        i = bisect.bisect_left(st, stamp)
-        if i < len(st) and st[i] == stamp:
-            return self.poses[i]
-        if 0 < i < len(st):
-            if st[i] - st[i - 1] > 2 * self.max_pose_gap_ns:
-                return None
-            return interpolate_pose(st[i - 1], self.poses[i - 1], st[i], self.poses[i], stamp)
-        j = 0 if i == 0 else len(st) - 1  # outside the pose range: nearest, if close enough
-        return self.poses[j] if abs(st[j] - stamp) <= self.max_pose_gap_ns else None
+        found = self.poses.lookup(stamp, final=True)
+        return found if isinstance(found, Pose) else None
 
     def _nearest(self, table: dict[int, np.ndarray], stamp: int) -> np.ndarray | None:
         if stamp in table:
@@ -419,9 +407,8 @@ def read_bag_frames(
     right-multiplied onto every pose message, for pose topics that track a
     body rather than the optical frame. An image is completed ``lookahead_s``
     of bag time after it arrived (poses after its stamp are needed for
-    interpolation); a pose is interpolated between neighbours at most
-    ``2 * max_pose_gap_s`` apart, or taken from the nearest one within
-    ``max_pose_gap_s`` at the ends, else ``None``. Ground truth is matched by
+    interpolation); a pose is interpolated between its neighbours, or
+    extrapolated at most ``max_pose_gap_s`` past the first/last pose, else ``None``. Ground truth is matched by
     stamp within ``gt_tolerance_s``. Undecodable images raise
     :class:`~sirdiff_ros.core.image_codec.ImageDecodeError`; a bag that breaks
     part-way raises :class:`BagReadError` after the frames before the break.
