@@ -54,17 +54,16 @@ class NodeProcess:
         full_env = dict(os.environ)
         full_env.setdefault("PYTHONPATH", str(REPO_ROOT))
         full_env.update(env or {})
-        self._log = open(log_path, "w+b") if log_path else None
+        self.log_path = Path(log_path) if log_path else None
+        self._log = open(self.log_path, "wb") if self.log_path else None
         self.proc = subprocess.Popen(
             cmd, stdout=self._log or subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env
         )
 
     def output(self) -> str:
         """Everything the process wrote so far (when logging to a file) or after exit."""
-        if self._log is not None:
-            self._log.flush()
-            self._log.seek(0)
-            return self._log.read().decode(errors="replace")
+        if self.log_path is not None:
+            return self.log_path.read_bytes().decode(errors="replace")
         if self.proc.poll() is None:
             raise RuntimeError("output of a running node without a log file is not available")
         return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
@@ -198,3 +197,25 @@ class Probe:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def target_rich_frames(n: int, width: int, height: int, seed: int = 3, blur_every: int = 3, blur_px: int = 15) -> list[Any]:
+    """``n`` frames of one synthetic camera path where every ``blur_every``-th is strongly blurred.
+
+    The others carry their sharp ground truth, so the blur gate reliably picks
+    the blurred ones as restoration targets: a predictable load for the node
+    (tests, benchmark). ``extras['blurred']`` marks them.
+    """
+    import dataclasses
+
+    import cv2
+
+    from ..data.synth import generate_sequence
+
+    frames = []
+    for i, f in enumerate(generate_sequence(seed, n, width, height)):
+        blurred = blur_every > 0 and i % blur_every == blur_every - 1
+        sharp = f.extras["sharp"]
+        image = cv2.blur(sharp, (blur_px, 1)) if blurred else sharp
+        frames.append(dataclasses.replace(f, image=image, extras={"blurred": blurred}))
+    return frames
