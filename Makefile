@@ -65,7 +65,7 @@ $(STAMPS)/msgs: $(STAMPS)/requirements $(MSG_FILES) $(REPO)/CMakeLists.txt $(REP
 
 # Editable, in compat mode (a .pth path entry): our regular package is found
 # on sys.path and extends __path__ over the generated messages' directory.
-$(STAMPS)/editable: $(STAMPS)/msgs $(REPO)/setup.py
+$(STAMPS)/editable: $(STAMPS)/msgs $(REPO)/setup.py $(wildcard $(REPO)/launch/*.launch.py $(REPO)/config/*)
 	$(PIP) install --quiet --no-deps --no-build-isolation --config-settings editable_mode=compat -e $(REPO)
 	@touch $@
 
