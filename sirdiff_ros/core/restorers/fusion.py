@@ -1,0 +1,334 @@
+"""The ``fusion`` backend: take sharp content from aligned partner views.
+
+A region blurred in the target is often sharp in another view. For each
+partner that is sharper than the target, per target pixel:
+
+1. Align (target pixel -> partner pixel):
+   * with the target's depth and both poses, by reprojection (exact for a
+     static scene with good poses), optionally refined by optical flow
+     initialised with it;
+   * otherwise by dense optical flow (OpenCV DIS), target -> partner.
+   Flow runs at ``work_scale`` of the image on grey images where the partner
+   is first blurred with a Gaussian chosen so its sharpness score matches the
+   target's: flow between a blurred and a sharp image is biased towards the
+   sharp edges; matched blur removes most of that bias (measured in
+   ``bench/core.py``).
+2. Check the alignment: forward-backward flow consistency (flow path) or a
+   depth test against the partner's depth image (depth path, where the
+   partner has one: occlusion), and in both cases photometric consistency
+   between the target and the warped, blur-matched partner (catches
+   occlusion, moving objects and bad poses).
+3. Weigh: a partner counts where it is *locally* sharper than the target
+   (ratio of local gradient energy, from ``sharper_ratio`` to full weight at
+   ``full_ratio``) and its alignment is trusted. Weight maps are eroded (so
+   untrusted regions get exactly zero) and Gaussian-smoothed (no seams), and
+   normalised so partner weights sum to at most 1; the target keeps the rest.
+4. Fuse: ``out = target + sum_j w_j (gain_j * warped_j - target)``, where
+   ``gain_j`` is a per-channel exposure gain fitted on trusted pixels.
+
+Wherever no partner is trustworthy the output is the target's own pixels,
+bit for bit, so the restorer cannot create seams or ghosts there; on an
+already sharp target no partner is locally sharper and nothing changes.
+The fused image never invents content: every pixel is a convex blend of
+observed pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..blur import local_sharpness, sharpness, to_grey
+from ..frame import Frame
+from ..reblur import estimate_kernel, reblur
+from .base import RestoredView, RestoreRequest, RestoreResult, register_restorer
+from .passthrough import check_request
+
+__all__ = ["FusionConfig", "FusionRestorer", "align_partner"]
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Parameters of the fusion restorer (pixel sizes are at ``work_scale``)."""
+
+    work_scale: float = 0.5  # resolution of flow, checks and weight maps
+    use_depth: bool = True  # reprojection when the target has depth and poses
+    refine_flow: bool = False  # DIS refinement of the reprojection
+    dis_preset: str = "medium"  # "ultrafast" | "fast" | "medium"
+    min_global_ratio: float = 1.05  # partner's sharpness / target's to consider it
+    fb_threshold: float = 1.0  # forward-backward error (px) at full trust ... x2 = none
+    depth_tolerance: float = 0.05  # relative z difference for the occlusion test
+    photo_abs: float = 6.0  # grey levels of residual tolerated everywhere
+    photo_rel: float = 0.5  # ... plus this fraction of the local contrast
+    sharper_ratio: float = 1.2  # local sharpness gain where a partner starts to count
+    full_ratio: float = 2.0  # gain where it counts fully
+    sharpness_sigma: float = 3.0  # neighbourhood of the local sharpness (px)
+    erode_px: int = 2  # untrusted regions grow by this before smoothing
+    weight_sigma: float = 3.0  # smoothing of weight maps (px)
+    kernel_size: int = 25  # relative blur kernel estimated for the photometric check (px, odd)
+    reblur_flow: bool = True  # second flow pass with the estimated kernel (flow path)
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.work_scale <= 1.0:
+            raise ValueError(f"work_scale must be in [0.1, 1], got {self.work_scale}")
+        if self.dis_preset not in _DIS_PRESETS:
+            raise ValueError(f"dis_preset must be one of {sorted(_DIS_PRESETS)}, got {self.dis_preset!r}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and positive, got {self.kernel_size}")
+        if not 1.0 <= self.sharper_ratio < self.full_ratio:
+            raise ValueError("need 1 <= sharper_ratio < full_ratio")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not np.isfinite(v):
+                raise ValueError(f"FusionConfig.{f.name} must be finite")
+
+
+_DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+# Gaussian sigmas (px at work scale) tried when matching a partner's blur to the target's.
+_BLUR_SIGMAS = (0.0, 0.5, 0.8, 1.2, 1.6, 2.2, 3.0, 4.0, 5.5)
+
+
+@dataclass
+class Alignment:
+    """A partner aligned to the target at work scale.
+
+    ``flow`` (h, w, 2): target pixel -> partner pixel offset; ``trust`` (h, w)
+    in [0, 1]; ``matched`` the blur-matched partner grey warped to the target;
+    ``method`` "depth", "depth+flow" or "flow".
+    """
+
+    flow: np.ndarray
+    trust: np.ndarray
+    matched: np.ndarray
+    method: str
+
+
+def _grey_f32(image: np.ndarray) -> np.ndarray:
+    return to_grey(image).astype(np.float32)
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def _match_blur(partner: np.ndarray, target_score: float) -> tuple[np.ndarray, float]:
+    """Blur ``partner`` (float32 grey) with the sigma whose score best matches the target's."""
+    best, best_sigma, best_err = partner, 0.0, np.inf
+    for s in _BLUR_SIGMAS:
+        cand = cv2.GaussianBlur(partner, (0, 0), s) if s > 0 else partner
+        err = abs(np.log(sharpness(np.clip(cand, 0, 255).astype(np.uint8)) + 1e-9) - np.log(target_score + 1e-9))
+        if err < best_err:
+            best, best_sigma, best_err = cand, s, err
+        elif s > 0:
+            break  # the score falls monotonically with sigma: past the best already
+    return best, best_sigma
+
+
+def _warp(img: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``img`` at target pixel + flow; returns (warped, inside mask)."""
+    h, w = flow.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    mx, my = gx + flow[..., 0], gy + flow[..., 1]
+    ih, iw = img.shape[:2]
+    inside = (mx >= 0) & (mx <= iw - 1) & (my >= 0) & (my <= ih - 1)
+    out = cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out, inside
+
+
+def _reprojection_flow(target: Frame, partner: Frame, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flow target->partner at ``size`` from the target's depth and both poses.
+
+    Returns (flow (h, w, 2), z in the partner camera (h, w), valid (h, w)).
+    """
+    w, h = size
+    sx, sy = w / target.width, h / target.height
+    Kt = target.intrinsics.scaled(sx)
+    # Nearest depth (no mixing of foreground and background at edges).
+    depth = cv2.resize(target.depth, (w, h), interpolation=cv2.INTER_NEAREST)  # type: ignore[arg-type]
+    valid = np.isfinite(depth) & (depth > 0)
+    uv = Kt.pixel_grid()[:h, :w]  # (h, w, 2)
+    pts = Kt.unproject(uv, np.where(valid, depth, 1.0))  # (h, w, 3) target camera
+    rel = target.pose.relative_to(partner.pose)  # type: ignore[union-attr]
+    pc = rel.transform_points(pts)  # (h, w, 3) partner camera
+    # The partner is resized by the same factor as the target.
+    Kpw = partner.intrinsics.scaled(sx)
+    puv, z = Kpw.project(pc)
+    valid &= z > 1e-6
+    flow = (puv - uv).astype(np.float32)
+    flow[~valid] = 0.0
+    return flow, z.astype(np.float32), valid
+
+
+def align_partner(
+    target: Frame,
+    partner: Frame,
+    target_grey: np.ndarray,
+    target_score: float,
+    config: FusionConfig,
+    dis: Any,
+) -> Alignment:
+    """Align ``partner`` to ``target`` at work scale (see the module docstring).
+
+    ``target_grey`` is the target's float32 grey image at work scale and
+    ``target_score`` the sharpness of that image (scores are compared at one
+    scale); ``dis`` a cv2 DIS optical flow object.
+    """
+    h, w = target_grey.shape
+    pg = _resize(_grey_f32(partner.image), (int(round(partner.width * w / target.width)), int(round(partner.height * h / target.height))))
+    matched, _ = _match_blur(pg, target_score)
+    t8 = np.clip(target_grey, 0, 255).astype(np.uint8)
+    m8 = np.clip(matched, 0, 255).astype(np.uint8)
+    geometric = (
+        config.use_depth and target.depth is not None and target.pose is not None and partner.pose is not None
+    )
+    trust = np.ones((h, w), np.float32)
+    if geometric:
+        flow, z, valid = _reprojection_flow(target, partner, (w, h))
+        method = "depth"
+        if config.refine_flow:
+            refined = dis.calc(t8, m8, flow.copy())
+            # Keep refinements within a couple of pixels of the geometry.
+            ok = np.linalg.norm(refined - flow, axis=-1) < 2.0 * config.fb_threshold
+            flow = np.where(ok[..., None], refined, flow)
+            method = "depth+flow"
+        trust *= valid
+        if partner.depth is not None:
+            pd = _resize(partner.depth.astype(np.float32), (pg.shape[1], pg.shape[0]))
+            pdw, _ = _warp(pd, flow)
+            # Occluded in the partner: something closer than our point is there.
+            occ = (pdw > 0) & (z > pdw * (1.0 + config.depth_tolerance))
+            trust *= ~occ
+    else:
+        flow = dis.calc(t8, m8, None)
+        back = dis.calc(m8, t8, None)
+        back_at, _ = _warp(back, flow)
+        fb = np.linalg.norm(flow + back_at, axis=-1)
+        # Full trust under fb_threshold, none at twice it.
+        trust *= np.clip(2.0 - fb / config.fb_threshold, 0.0, 1.0)
+        method = "flow"
+    sharp_w, inside = _warp(pg, flow)
+    trust *= inside
+    # Re-blur the aligned partner with the relative blur kernel estimated on
+    # trusted pixels, so that the photometric check compares like with like.
+    kernel = estimate_kernel(sharp_w, target_grey, trust > 0.5, config.kernel_size)
+    if method == "flow" and config.reblur_flow:
+        # Second flow pass on the partner re-blurred with the estimated kernel
+        # (a directional blur, unlike the first pass's Gaussian).
+        m8 = np.clip(reblur(pg, kernel), 0, 255).astype(np.uint8)
+        flow = dis.calc(t8, m8, flow.copy())
+        sharp_w, inside = _warp(pg, flow)
+        trust *= inside
+    warped = reblur(sharp_w, kernel)
+    res = cv2.GaussianBlur(np.abs(warped - target_grey), (0, 0), 1.5)
+    mu = cv2.GaussianBlur(target_grey, (0, 0), 3.0)
+    contrast = np.sqrt(np.maximum(cv2.GaussianBlur(target_grey * target_grey, (0, 0), 3.0) - mu * mu, 0.0))
+    tol = config.photo_abs + config.photo_rel * contrast
+    trust *= np.clip(2.0 - res / tol, 0.0, 1.0)
+    return Alignment(flow, trust.astype(np.float32), warped, method)
+
+
+@register_restorer("fusion")
+class FusionRestorer:
+    """Geometric multi-view fusion (module docstring). CPU only."""
+
+    name = "fusion"
+
+    def __init__(self, device: str = "cpu", config: FusionConfig | None = None, **overrides: Any) -> None:
+        if device != "cpu":
+            raise ValueError(f"the fusion backend runs on the CPU only, got device {device!r}")
+        self.device = device
+        base = config or FusionConfig()
+        if overrides:
+            known = {f.name for f in fields(FusionConfig)}
+            unknown = sorted(set(overrides) - known)
+            if unknown:
+                raise ValueError(f"unknown fusion options {unknown}; known: {sorted(known)}")
+            base = FusionConfig(**{**{f.name: getattr(base, f.name) for f in fields(base)}, **overrides})
+        self.config = base
+
+    def restore(self, request: RestoreRequest) -> RestoreResult:
+        t0 = time.perf_counter()
+        check_request(request)
+        out = [self._restore_one(request.views, i) for i in request.targets]
+        return RestoreResult(out, self.name, self.device, time.perf_counter() - t0)
+
+    def _restore_one(self, views: Any, ti: int) -> RestoredView:
+        cfg = self.config
+        target: Frame = views[ti]
+        img = target.image
+        t_score = sharpness(img)
+        partners = [
+            (j, v)
+            for j, v in enumerate(views)
+            if j != ti and v.image.ndim == img.ndim and sharpness(v.image) > cfg.min_global_ratio * t_score
+        ]
+        if not partners:
+            return RestoredView(ti, img, False, "no_sharper_partner", {"partners_used": 0})
+        H, W = img.shape[:2]
+        size = (max(8, int(round(W * cfg.work_scale))), max(8, int(round(H * cfg.work_scale))))
+        tg = _resize(_grey_f32(img), size)
+        e_t = local_sharpness(tg, cfg.sharpness_sigma)
+        tg_score = sharpness(np.clip(tg, 0, 255).astype(np.uint8))
+        dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[cfg.dis_preset])
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * cfg.erode_px + 1,) * 2) if cfg.erode_px else None
+        weights, flows, used = [], [], []
+        for j, p in partners:
+            al = align_partner(target, p, tg, tg_score, cfg, dis)
+            # Local sharpness of the *unblurred* partner, warped to the target.
+            pg = _resize(_grey_f32(p.image), size)
+            pw, _ = _warp(pg, al.flow)
+            ratio = local_sharpness(pw, cfg.sharpness_sigma) / (e_t + 1.0)
+            gain = np.clip((ratio - cfg.sharper_ratio) / (cfg.full_ratio - cfg.sharper_ratio), 0.0, 1.0)
+            wmap = al.trust * gain
+            if kernel is not None:
+                wmap = cv2.erode(wmap, kernel)
+            wmap = cv2.GaussianBlur(wmap, (0, 0), cfg.weight_sigma)
+            weights.append(wmap)
+            flows.append(al.flow)
+            used.append((j, al.method))
+        wsum = np.sum(weights, axis=0)
+        norm = np.maximum(wsum, 1.0)
+        result = img.astype(np.float32)
+        tgt_f = result.copy()
+        info: dict[str, Any] = {"partners_used": 0, "methods": {}, "mean_weight": {}}
+        for (j, method), wmap, flow in zip(used, weights, flows):
+            wn = wmap / norm
+            if float(wn.max()) < 1e-3:
+                continue
+            # Work scale -> full resolution: weights and flow (values scale too).
+            wf = cv2.resize(wn, (W, H), interpolation=cv2.INTER_LINEAR)
+            ff = cv2.resize(flow, (W, H), interpolation=cv2.INTER_LINEAR) * np.array(
+                [W / size[0], H / size[1]], np.float32
+            )
+            warped, inside = _warp(views[j].image.astype(np.float32), ff)
+            wf = wf * inside
+            warped = warped * _exposure_gain(tgt_f, warped, wf > 0.5)
+            if warped.ndim == 3:
+                wf = wf[..., None]
+            result += wf * (warped - tgt_f)
+            info["partners_used"] += 1
+            info["methods"][j] = method
+            info["mean_weight"][j] = float(np.mean(wn))
+        if info["partners_used"] == 0:
+            return RestoredView(ti, img, False, "no_trustworthy_partner", info)
+        info["replaced_fraction"] = float(np.mean(np.minimum(wsum, 1.0)))
+        out = np.clip(np.rint(result), 0, 255).astype(np.uint8)
+        return RestoredView(ti, out, True, "", info)
+
+
+def _exposure_gain(target: np.ndarray, warped: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-channel gain mapping the partner's exposure onto the target's (trusted pixels)."""
+    if int(mask.sum()) < 64:
+        return np.ones(target.shape[2] if target.ndim == 3 else 1, np.float32).squeeze()
+    t = target[mask].reshape(-1, target.shape[2] if target.ndim == 3 else 1)
+    p = warped[mask].reshape(t.shape)
+    g = (t.sum(axis=0) + 1.0) / (p.sum(axis=0) + 1.0)
+    return np.clip(g, 0.5, 2.0).astype(np.float32).squeeze()
