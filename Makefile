@@ -59,13 +59,16 @@ $(STAMPS)/requirements: $(REPO)/requirements/lock.txt $(STAMPS)/torch
 	$(PIP) install --quiet -r $(REPO)/requirements/lock.txt "$(TORCH)"
 	@touch $@
 
-$(STAMPS)/msgs: $(STAMPS)/requirements $(MSG_FILES) $(REPO)/CMakeLists.txt $(REPO)/package.xml $(REPO)/scripts/build_msgs.sh
+# Also installs scripts/restore_node, launch/ and config/ into the venv's
+# lib/sirdiff_ros and share/sirdiff_ros (the layout ament_index expects).
+$(STAMPS)/msgs: $(STAMPS)/requirements $(MSG_FILES) $(REPO)/CMakeLists.txt $(REPO)/package.xml $(REPO)/scripts/build_msgs.sh \
+		$(REPO)/scripts/restore_node $(wildcard $(REPO)/launch/*.launch.py $(REPO)/config/*)
 	$(REPO)/scripts/build_msgs.sh $(VENV) $(REPO)/build/venv-msgs
 	@touch $@
 
 # Editable, in compat mode (a .pth path entry): our regular package is found
 # on sys.path and extends __path__ over the generated messages' directory.
-$(STAMPS)/editable: $(STAMPS)/msgs $(REPO)/setup.py $(wildcard $(REPO)/launch/*.launch.py $(REPO)/config/*)
+$(STAMPS)/editable: $(STAMPS)/msgs $(REPO)/setup.py
 	$(PIP) install --quiet --no-deps --no-build-isolation --config-settings editable_mode=compat -e $(REPO)
 	@touch $@
 
