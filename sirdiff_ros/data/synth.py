@@ -47,6 +47,7 @@ __all__ = [
     "default_intrinsics",
     "render_exposure",
     "add_sensor_noise",
+    "blur_extent_px",
     "generate_sequence",
     "sample_view_set",
 ]
@@ -155,7 +156,7 @@ def add_sensor_noise(linear: np.ndarray, rng: np.random.Generator, noise_std: fl
     return linear + sigma * rng.standard_normal(linear.shape, dtype=np.float32)
 
 
-def _blur_extent_px(K: CameraIntrinsics, depth: np.ndarray, mid: Pose, first: Pose, last: Pose) -> float:
+def blur_extent_px(K: CameraIntrinsics, depth: np.ndarray, mid: Pose, first: Pose, last: Pose) -> float:
     """Mean image displacement (px) of visible points between the first and last sub-frame."""
     step = max(1, min(depth.shape) // 24)
     d = depth[::step, ::step]
@@ -173,7 +174,7 @@ def _make_frame(cfg: SynthConfig, renderer: Renderer, low: Renderer | None, pose
                 rng: np.random.Generator, stamp_ns: int, seq: int, seed: int, extras: dict) -> Frame:
     blur_lin, mid, sub_poses = render_exposure(renderer, pose_at, cfg.exposure_s, cfg.subframes)
     K = renderer.K
-    blur_px = _blur_extent_px(K, mid.depth, pose_at(0.0), sub_poses[0], sub_poses[-1])
+    blur_px = blur_extent_px(K, mid.depth, pose_at(0.0), sub_poses[0], sub_poses[-1])
     depth, valid = mid.depth, mid.valid
     if low is not None:
         # Super-resolution degradation: area-average light, exact depth from a low-res render.
