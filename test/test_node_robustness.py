@@ -295,7 +295,7 @@ def test_invalid_parameter_fails_at_startup_with_a_clear_message(tmp_path: Path)
 # -- load --------------------------------------------------------------------------------------
 def test_load_30hz_vga_with_slow_backend_bounded_memory_and_full_accounting(tmp_path: Path) -> None:
     base = target_rich_frames(12, 640, 480)
-    node, _ = start_node(tmp_path, control="sleep 0.4", latency_budget_s=0.3, queue_size=2)
+    node, _ = start_node(tmp_path, control="sleep 0.25", latency_budget_s=1.0, queue_size=2)
     period, duration = 1 / 30, 32.0
     rss: list[tuple[float, int]] = []
     try:
@@ -326,7 +326,9 @@ def test_load_30hz_vga_with_slow_backend_bounded_memory_and_full_accounting(tmp_
     assert st.images_received >= 0.9 * sent  # reliable DDS; a few may be lost on a loaded host
     assert st.images_received == st.images_published + st.dropped_total and st.in_flight == 0
     assert got == st.images_published
-    assert st.restoration_targets > 50 and st.images_restored > 10
+    # Targets arrive at ~10 Hz, the backend manages 4 Hz: some restored, the rest passed through.
+    assert st.restoration_targets > 200 and st.images_restored > 50
+    assert st.images_restored + st.images_passed_through == st.restoration_targets
     # Memory: the second half's peak within 40 MB of the first half's (bounded queues, no leak).
     first = max(v for t, v in rss if t < duration / 2)
     second = max(v for t, v in rss if t >= duration / 2)
