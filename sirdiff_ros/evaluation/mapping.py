@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,14 @@ class MappingError(RuntimeError):
 
 @dataclass(frozen=True)
 class MappingView:
-    """One image for the map; ``pose`` (T_world_cam) is the reference, if known."""
+    """One image for the map; ``pose`` (T_world_cam) is the reference, if known.
+
+    ``image`` is a uint8 (H, W) / (H, W, 3) RGB array, or the path of an
+    image file already written (long replays keep keyframes on disk).
+    """
 
     name: str
-    image: np.ndarray  # uint8 (H, W) or (H, W, 3) RGB
+    image: np.ndarray | Path
     intrinsics: CameraIntrinsics
     pose: Pose | None = None
 
@@ -50,8 +55,15 @@ class MappingOptions:
     from a robot have small baselines and few images.
     """
 
-    num_threads: int = 2
+    # One thread: COLMAP's multi-threaded mapping is not deterministic, and
+    # the report must be reproducible (input vs backends differ by little).
+    num_threads: int = 1
     max_features: int = 4000
+    # Exhaustive matching is quadratic in the images; beyond this many,
+    # each image is matched with its ``sequential_overlap`` successors
+    # (keyframes come in stream order).
+    exhaustive_max_images: int = 20
+    sequential_overlap: int = 8
     seed: int = 0
     init_min_num_inliers: int = 50
     init_min_tri_angle_deg: float = 4.0
@@ -130,6 +142,9 @@ def run_mapping(views: Sequence[MappingView], options: MappingOptions | None = N
         image_dir = root / "images"
         image_dir.mkdir()
         for v in views:
+            if isinstance(v.image, Path):
+                shutil.copyfile(v.image, image_dir / v.name)
+                continue
             bgr = v.image if v.image.ndim == 2 else cv2.cvtColor(v.image, cv2.COLOR_RGB2BGR)
             if not cv2.imwrite(str(image_dir / v.name), bgr):
                 raise MappingError(f"could not write {v.name} for mapping")
@@ -152,7 +167,12 @@ def run_mapping(views: Sequence[MappingView], options: MappingOptions | None = N
         )
         matching = pycolmap.FeatureMatchingOptions()
         matching.num_threads = opts.num_threads
-        pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
+        if len(views) <= opts.exhaustive_max_images:
+            pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
+        else:
+            pairing = pycolmap.SequentialPairingOptions()
+            pairing.overlap = opts.sequential_overlap
+            pycolmap.match_sequential(db, matching_options=matching, pairing_options=pairing, device=pycolmap.Device.cpu)
 
         pipe = pycolmap.IncrementalPipelineOptions()
         pipe.num_threads = opts.num_threads

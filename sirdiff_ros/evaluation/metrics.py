@@ -39,6 +39,8 @@ __all__ = [
     "fundamental_from_poses",
     "symmetric_epipolar_distance",
     "MatchResult",
+    "Features",
+    "detect_features",
     "match_features",
     "MATCH_METHODS",
 ]
@@ -278,9 +280,26 @@ def _detector(method: str) -> cv2.Feature2D:
     return _DETECTORS[method]
 
 
+@dataclass(frozen=True)
+class Features:
+    """Keypoints (pixel positions, (N, 2)) and descriptors of one image."""
+
+    method: str
+    points: np.ndarray
+    descriptors: np.ndarray | None
+
+
+def detect_features(image: np.ndarray, method: str = "orb") -> Features:
+    """ORB (1000) or SIFT (2000) keypoints and descriptors of a uint8 image."""
+    det = _detector(method)
+    kps, des = det.detectAndCompute(to_grey(image), None)
+    pts = np.array([k.pt for k in kps], dtype=np.float64).reshape(-1, 2)
+    return Features(method, pts, des)
+
+
 def match_features(
-    image_a: np.ndarray,
-    image_b: np.ndarray,
+    image_a: np.ndarray | Features,
+    image_b: np.ndarray | Features,
     method: str = "orb",
     *,
     ratio: float = 0.8,
@@ -288,18 +307,20 @@ def match_features(
     poses: tuple[Pose, Pose] | None = None,
     intrinsics: tuple[CameraIntrinsics, CameraIntrinsics] | None = None,
 ) -> MatchResult:
-    """Detect, match (Lowe ratio test, mutual nearest neighbours) and verify
-    with a RANSAC fundamental matrix (MAGSAC++, ``ransac_px`` threshold).
+    """Detect (unless given :class:`Features`), match (Lowe ratio test and
+    mutual nearest neighbours) and verify with a RANSAC fundamental matrix
+    (MAGSAC++, ``ransac_px`` threshold).
 
     Deterministic: OpenCV's RNG is re-seeded before RANSAC.
     """
-    det = _detector(method)
-    ga, gb = to_grey(image_a), to_grey(image_b)
-    kp_a, des_a = det.detectAndCompute(ga, None)
-    kp_b, des_b = det.detectAndCompute(gb, None)
+    fa = image_a if isinstance(image_a, Features) else detect_features(image_a, method)
+    fb = image_b if isinstance(image_b, Features) else detect_features(image_b, method)
+    if fa.method != method or fb.method != method:
+        raise MetricError(f"features of {fa.method!r}/{fb.method!r} given for {method!r} matching")
+    des_a, des_b = fa.descriptors, fb.descriptors
     empty = np.zeros((0, 2))
-    if des_a is None or des_b is None or len(kp_a) < 2 or len(kp_b) < 2:
-        return MatchResult(method, len(kp_a), len(kp_b), 0, 0, math.nan, empty, empty)
+    if des_a is None or des_b is None or len(des_a) < 2 or len(des_b) < 2:
+        return MatchResult(method, len(fa.points), len(fb.points), 0, 0, math.nan, empty, empty)
     norm = cv2.NORM_HAMMING if method == "orb" else cv2.NORM_L2
     matcher = cv2.BFMatcher(norm)
     forward = matcher.knnMatch(des_a, des_b, k=2)
@@ -309,12 +330,17 @@ def match_features(
         for pair in forward
         if len(pair) == 2 and pair[0].distance < ratio * pair[1].distance and backward.get(pair[0].trainIdx) == pair[0].queryIdx
     ]
-    pts_a = np.array([kp_a[m.queryIdx].pt for m in good], dtype=np.float64).reshape(-1, 2)
-    pts_b = np.array([kp_b[m.trainIdx].pt for m in good], dtype=np.float64).reshape(-1, 2)
+    pts_a = fa.points[[m.queryIdx for m in good]].reshape(-1, 2)
+    pts_b = fb.points[[m.trainIdx for m in good]].reshape(-1, 2)
     inl_a, inl_b = empty, empty
     if len(good) >= 8:
         cv2.setRNGSeed(0)
-        _, mask = cv2.findFundamentalMat(pts_a, pts_b, cv2.USAC_MAGSAC, ransac_px, 0.999, 10000)
+        try:
+            _, mask = cv2.findFundamentalMat(pts_a, pts_b, cv2.USAC_MAGSAC, ransac_px, 0.999, 10000)
+        except cv2.error:
+            # MAGSAC++ asserts on some degenerate samples; plain RANSAC does not.
+            cv2.setRNGSeed(0)
+            _, mask = cv2.findFundamentalMat(pts_a, pts_b, cv2.FM_RANSAC, ransac_px, 0.999, 10000)
         if mask is not None:
             keep = mask.ravel().astype(bool)
             inl_a, inl_b = pts_a[keep], pts_b[keep]
@@ -326,4 +352,4 @@ def match_features(
             F = None  # pure rotation: no epipolar error to report
         if F is not None:
             epi = float(np.median(symmetric_epipolar_distance(F, inl_a, inl_b)))
-    return MatchResult(method, len(kp_a), len(kp_b), len(good), len(inl_a), epi, inl_a, inl_b)
+    return MatchResult(method, len(fa.points), len(fb.points), len(good), len(inl_a), epi, inl_a, inl_b)
