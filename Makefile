@@ -17,11 +17,16 @@ PYTHON ?= python3.11
 VENV ?= $(REPO)/.venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# Always pinned: an unpinned torch pulls a multi-GB CUDA build.
-TORCH ?= torch==2.13.0
+# Always pinned: an unpinned torch pulls a multi-GB CUDA build. Where no local
+# CPU wheel is configured for pip, TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# fetches the CPU build.
+TORCH := torch==2.13.0
+TORCH_INDEX ?=
 # Build tools of the venv itself (pip freeze leaves them out of the lock);
 # setuptools' "compat" editable mode is what makes the message namespace work.
 BOOTSTRAP := pip==26.3 setuptools==84.2.1 wheel
+# make test TESTS=test/test_foundation_messages.py PYTEST_ARGS="-x -q"
+TESTS ?= test/
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 # Private DDS domain for everything make starts (override: make test ROS_DOMAIN_ID=23).
@@ -52,7 +57,7 @@ $(PY):
 	$(PIP) install --quiet $(BOOTSTRAP)
 
 $(STAMPS)/torch: | $(PY)
-	$(PIP) install --quiet "$(TORCH)"
+	$(PIP) install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/requirements: $(REPO)/requirements/lock.txt $(STAMPS)/torch
@@ -73,7 +78,7 @@ $(STAMPS)/editable: $(STAMPS)/msgs $(REPO)/setup.py
 	@touch $@
 
 test: venv
-	cd $(REPO) && $(PY) -m pytest test/ $(PYTEST_ARGS)
+	cd $(REPO) && $(PY) -m pytest $(TESTS) $(PYTEST_ARGS)
 
 demo: venv
 	cd $(REPO) && $(PY) -m sirdiff_ros.ros.demo $(DEMO_ARGS)
@@ -81,13 +86,10 @@ demo: venv
 bench: venv
 	cd $(REPO) && for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
 
-# Regenerate the exact pins from the current venv (torch is installed first,
-# separately; the editable project itself is not a requirement).
+# Regenerate the exact pins from the current venv (scripts/lock.py says what
+# it leaves out and why).
 lock: venv
-	{ echo "# Exact versions for the plain-venv path (make venv); regenerate with 'make lock'."; \
-	  echo "# $(TORCH) (local CPU wheel) is installed first, by the Makefile."; \
-	  $(PIP) freeze --exclude-editable | grep -v -i -E '^(torch|sirdiff[-_]ros)(==| @)'; } > $(REPO)/requirements/lock.txt.new
-	mv $(REPO)/requirements/lock.txt.new $(REPO)/requirements/lock.txt
+	$(PY) $(REPO)/scripts/lock.py $(REPO)/requirements/lock.txt
 
 clean:
 	rm -rf $(REPO)/build $(REPO)/.pytest_cache $(REPO)/sirdiff_ros.egg-info
