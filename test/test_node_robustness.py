@@ -321,6 +321,8 @@ def test_load_30hz_vga_with_slow_backend_bounded_memory_and_full_accounting(tmp_
             st = latest_status(probe)
             got = len(probe.get("restored/image"))
             assert node.alive()
+        rc, dt = node.interrupt()
+        assert rc == 0 and dt < 2.0, (rc, dt)
     finally:
         node.close()
     assert st.images_received >= 0.9 * sent  # reliable DDS; a few may be lost on a loaded host
@@ -333,3 +335,21 @@ def test_load_30hz_vga_with_slow_backend_bounded_memory_and_full_accounting(tmp_
     first = max(v for t, v in rss if t < duration / 2)
     second = max(v for t, v in rss if t >= duration / 2)
     assert second - first < 40 * 2**20, rss
+
+
+def test_sigint_during_a_long_restoration_exits_within_2s(tmp_path: Path, small_frames: list[Any]) -> None:
+    node, _ = start_node(tmp_path, control="sleep 30")
+    try:
+        with Probe(INPUTS, OUTPUTS) as probe:
+            assert probe.wait_matched(), node.output()
+            for f in small_frames[:8]:
+                send(probe, f)
+                time.sleep(0.02)
+            # A target is inside the backend's 30 s call.
+            assert probe.wait_for(lambda: bool(probe.get("status")) and latest_status(probe).in_flight > 0
+                                  and latest_status(probe).restoration_targets > 0, 10)
+        rc, dt = node.interrupt()
+    finally:
+        node.close()
+    assert rc == 0 and dt < 2.0, (rc, dt, node.output())
+    assert "shutting down: received 8" in node.output()
