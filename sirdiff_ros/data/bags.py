@@ -24,7 +24,9 @@ the pose interpolated at the image stamp (``PoseStamped``,
 ``PoseWithCovarianceStamped`` or ``Odometry``; used as T_world_cam of the
 image's optical frame) and ground truth matched by stamp. A bag that breaks
 part-way yields every frame read before the break, then raises
-:class:`BagReadError`.
+:class:`BagReadError`; an MCAP file cut short (no footer, which rosbags
+cannot open) is scanned record by record up to the cut. A truncated
+``.db3`` or ROS 1 ``.bag`` cannot be opened and raises at once.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ..core.geometry import CameraIntrinsics, GeometryError, Pose
 from ..core.image_codec import ImageDecodeError, decode_image_msg, encode_image, to_rgb8
 from ..interfaces import make_typestore
 from ..ros.pose_history import PoseHistory  # ROS-free module
+from .mcap_scan import mcap_channels, scan_mcap
 
 __all__ = [
     "BagError",
@@ -202,18 +205,62 @@ def write_frames_bag(path: str | Path, frames: Iterable[Frame], fmt: str = "mcap
 # ---------------------------------------------------------------------------- topics
 
 
-def _open(path: str | Path) -> Any:
-    from rosbags.highlevel import AnyReader
-
+def _mcap_file(path: str | Path) -> Path | None:
     p = bag_storage_path(path)
-    if not p.exists():
-        raise BagReadError(f"bag {p} does not exist")
-    try:
-        reader = AnyReader([p], default_typestore=make_typestore())
-        reader.open()
-    except Exception as exc:  # rosbags raises several unrelated types for unreadable files
-        raise BagReadError(f"cannot open bag {p}: {exc}") from exc
-    return reader
+    if p.is_file():
+        return p if p.suffix == ".mcap" else None
+    found = sorted(p.glob("*.mcap")) if p.is_dir() else []
+    return found[0] if len(found) == 1 else None
+
+
+class _Source:
+    """A bag's messages as ``(topic, msgtype, log_ns, message)``; failures become :class:`BagReadError`.
+
+    Opens with rosbags' ``AnyReader``; an MCAP file that it refuses (cut short:
+    no footer/summary) is read by a sequential scan of its complete records
+    (:mod:`sirdiff_ros.data.mcap_scan`) instead.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        from rosbags.highlevel import AnyReader
+
+        self.path = bag_storage_path(path)
+        self.reader: Any = None
+        self.salvage: Path | None = None
+        self.store = make_typestore()
+        if not self.path.exists():
+            raise BagReadError(f"bag {self.path} does not exist")
+        try:
+            self.reader = AnyReader([self.path], default_typestore=self.store)
+            self.reader.open()
+        except Exception as exc:  # rosbags raises several unrelated types for unreadable files
+            self.reader = None
+            self.salvage = _mcap_file(self.path)
+            if self.salvage is None or not mcap_channels(self.salvage):
+                raise BagReadError(f"cannot open bag {self.path}: {exc}") from exc
+
+    def topics(self) -> dict[str, str]:
+        if self.reader is not None:
+            return {name: info.msgtype for name, info in self.reader.topics.items()}
+        assert self.salvage is not None
+        return mcap_channels(self.salvage)
+
+    def messages(self, topics: set[str]) -> Iterator[tuple[str, str, int, Any]]:
+        try:
+            if self.reader is not None:
+                conns = [c for c in self.reader.connections if c.topic in topics]
+                for conn, log_ns, raw in self.reader.messages(connections=conns):
+                    yield conn.topic, conn.msgtype, log_ns, self.reader.deserialize(raw, conn.msgtype)
+            else:
+                assert self.salvage is not None
+                for m in scan_mcap(self.salvage, topics):
+                    yield m.topic, m.msgtype, m.log_time_ns, self.store.deserialize_cdr(m.data, m.msgtype)
+        except Exception as exc:  # truncated chunk, corrupt record, bad CDR
+            raise BagReadError(f"bag {self.path} is unreadable past this point: {exc}") from exc
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
 
 
 def _namespace(topic: str) -> str:
@@ -233,10 +280,6 @@ def _choose(kind: str, candidates: list[str], image: str | None, arg: str, requi
         if len(same) == 1:
             return same[0]
     raise TopicDetectionError(f"several {kind} topics: {', '.join(sorted(candidates))}; pass {arg}= to choose one")
-
-
-def _topics_in(reader: Any) -> dict[str, str]:
-    return {name: info.msgtype for name, info in reader.topics.items()}
 
 
 def _detect(types: dict[str, str], image_topic: str | None, info_topic: str | None, pose_topic: str | None,
@@ -283,11 +326,11 @@ def detect_topics(path: str | Path, image_topic: str | None = None, info_topic: 
     Raises :class:`TopicDetectionError` naming the candidates when ambiguous,
     or when the image (or, with ``require_info``, the CameraInfo) is missing.
     """
-    reader = _open(path)
+    source = _Source(path)
     try:
-        return _detect(_topics_in(reader), image_topic, info_topic, pose_topic, gt_topic, depth_topic, require_info)
+        return _detect(source.topics(), image_topic, info_topic, pose_topic, gt_topic, depth_topic, require_info)
     finally:
-        reader.close()
+        source.close()
 
 
 # ---------------------------------------------------------------------------- reading
@@ -413,32 +456,28 @@ def read_bag_frames(
     :class:`~sirdiff_ros.core.image_codec.ImageDecodeError`; a bag that breaks
     part-way raises :class:`BagReadError` after the frames before the break.
     """
-    reader = _open(path)
+    source = _Source(path)
     try:
-        topics = _detect(_topics_in(reader), image_topic, info_topic, pose_topic, gt_topic, depth_topic,
+        topics = _detect(source.topics(), image_topic, info_topic, pose_topic, gt_topic, depth_topic,
                          require_info=intrinsics is None)
         asm = _FrameAssembler(intrinsics, int(max_pose_gap_s * 1e9), int(gt_tolerance_s * 1e9), cam_from_pose)
-        wanted = {t for t in topics if t is not None}
-        conns = [c for c in reader.connections if c.topic in wanted]
         lookahead_ns = int(lookahead_s * 1e9)
         pending: deque[_Pending] = deque()
         seq = 0
         error: BagReadError | None = None
-        messages = iter(reader.messages(connections=conns))
+        messages = source.messages({t for t in topics if t is not None})
         while True:
             try:
                 item = next(messages, None)
-                if item is None:
-                    break
-                conn, log_ns, raw = item
-                msg = reader.deserialize(raw, conn.msgtype)
-            except Exception as exc:  # truncated chunk, corrupt record, bad CDR
-                error = BagReadError(f"bag {path} is unreadable after {seq} images: {exc}")
-                error.__cause__ = exc
+            except BagReadError as exc:
+                error = BagReadError(f"{exc} (after {seq} images)")
+                error.__cause__ = exc.__cause__
                 break
-            topic = conn.topic
+            if item is None:
+                break
+            topic, msgtype, log_ns, msg = item
             if topic == topics.image:
-                pending.append(_Pending(_stamp_ns(msg.header), log_ns, _decode_camera_image(msg, conn.msgtype),
+                pending.append(_Pending(_stamp_ns(msg.header), log_ns, _decode_camera_image(msg, msgtype),
                                         msg.header.frame_id, seq))
                 seq += 1
             elif topic == topics.info:
@@ -447,11 +486,11 @@ def read_bag_frames(
                 del asm.infos[:-16]  # calibration rarely changes; keep the recent ones
             elif topic == topics.pose:
                 try:
-                    asm.add_pose(_stamp_ns(msg.header), _pose_of(msg, conn.msgtype))
+                    asm.add_pose(_stamp_ns(msg.header), _pose_of(msg, msgtype))
                 except GeometryError:
                     pass  # a corrupt pose message is skipped, its neighbours interpolate
             elif topic == topics.gt:
-                asm.sharp[_stamp_ns(msg.header)] = _decode_camera_image(msg, conn.msgtype)
+                asm.sharp[_stamp_ns(msg.header)] = _decode_camera_image(msg, msgtype)
             elif topic == topics.depth:
                 asm.depth[_stamp_ns(msg.header)] = _decode_depth(msg)
             while pending and log_ns - pending[0].log_ns > lookahead_ns:
@@ -463,4 +502,4 @@ def read_bag_frames(
         if error is not None:
             raise error
     finally:
-        reader.close()
+        source.close()
