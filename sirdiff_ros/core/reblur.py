@@ -66,4 +66,5 @@ def estimate_kernel(sharp: np.ndarray, blurred: np.ndarray, mask: np.ndarray, si
 
 def reblur(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Convolve a float32 image (H, W) or (H, W, C) with ``kernel`` (replicated borders)."""
-    return cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REPLICATE)
+    # filter2D correlates; the estimated kernel is a convolution kernel: flip it.
+    return cv2.filter2D(image, -1, np.ascontiguousarray(kernel[::-1, ::-1]), borderType=cv2.BORDER_REPLICATE)

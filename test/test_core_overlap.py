@@ -1,0 +1,93 @@
+"""Overlap estimates against brute-force reprojection of every pixel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sirdiff_ros.core.geometry import CameraIntrinsics, GeometryError, Pose, _rotation_exp
+from sirdiff_ros.core.overlap import inverse_depth_samples, overlap_fraction
+from sirdiff_ros.data.synth import generate_sequence
+
+
+def brute_force_overlap(target, other) -> float:
+    """Fraction of the target's valid-depth pixels that land inside ``other`` and in front of it."""
+    K = target.intrinsics
+    valid = np.isfinite(target.depth) & (target.depth > 0)
+    pts = K.unproject(K.pixel_grid(), np.where(valid, target.depth, 1.0))
+    pc = target.pose.relative_to(other.pose).transform_points(pts)
+    uv, z = other.intrinsics.project(pc)
+    inside = valid & (z > 1e-6) & other.intrinsics.in_image(uv)
+    return float(inside.sum() / valid.sum())
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    # Fast camera so that pairs span overlaps from ~0 to ~1.
+    return list(generate_sequence(11, 24, 96, 72, speed=1.2, angular_speed=0.8, subframes=1))
+
+
+def test_overlap_with_depth_matches_brute_force(sequence):
+    errs, truths = [], []
+    for i in range(0, len(sequence), 3):
+        for j in range(len(sequence)):
+            if i == j:
+                continue
+            t, o = sequence[i], sequence[j]
+            truth = brute_force_overlap(t, o)
+            est = overlap_fraction(t.pose, t.intrinsics, o.pose, o.intrinsics, target_depth=t.depth)
+            errs.append(abs(est - truth))
+            truths.append(truth)
+    errs = np.array(errs)
+    print(f"\noverlap (depth image) vs brute force over {errs.size} pairs: mean |err| {errs.mean():.4f}, "
+          f"max {errs.max():.4f}; true overlaps span {min(truths):.2f}..{max(truths):.2f}")
+    assert min(truths) < 0.3 and max(truths) > 0.8  # the pairs exercise the whole range
+    assert errs.mean() < 0.02
+    assert errs.max() < 0.08
+
+
+def test_overlap_with_depth_range_prior_tracks_brute_force(sequence):
+    # Without a depth image: the target's depth range (5th..95th percentile) as the prior.
+    est, truth = [], []
+    for i in range(0, len(sequence), 3):
+        t = sequence[i]
+        lo, hi = np.percentile(t.depth[t.depth > 0], [5, 95])
+        for j in range(len(sequence)):
+            if i != j:
+                o = sequence[j]
+                est.append(overlap_fraction(t.pose, t.intrinsics, o.pose, o.intrinsics, depth_range=(lo, hi)))
+                truth.append(brute_force_overlap(t, o))
+    est, truth = np.array(est), np.array(truth)
+    err = np.abs(est - truth)
+    corr = float(np.corrcoef(est, truth)[0, 1])
+    print(f"\noverlap (depth range prior) vs brute force over {err.size} pairs: mean |err| {err.mean():.4f}, "
+          f"max {err.max():.4f}, correlation {corr:.3f}")
+    assert err.mean() < 0.06
+    assert corr > 0.95
+
+
+def test_identical_camera_sees_everything_and_facing_away_sees_nothing():
+    K = CameraIntrinsics(100.0, 100.0, 63.5, 47.5, 128, 96)
+    p = Pose(_rotation_exp(np.array([0.1, -0.2, 0.05])), np.array([0.3, -0.1, 1.0]))
+    assert overlap_fraction(p, K, p, K) == pytest.approx(1.0)
+    behind = Pose(p.rotation @ _rotation_exp(np.array([0.0, np.pi, 0.0])), p.translation)
+    assert overlap_fraction(p, K, behind, K) == 0.0
+    # Facing away but displaced backwards: still sees nothing of the target's view.
+    back = Pose(behind.rotation, p.translation - 0.5 * p.rotation[:, 2])
+    assert overlap_fraction(p, K, back, K) == 0.0
+    # Turned 90 degrees with a 65-degree field of view: almost nothing.
+    side = Pose(p.rotation @ _rotation_exp(np.array([0.0, np.pi / 2, 0.0])), p.translation)
+    assert overlap_fraction(p, K, side, K) < 0.05
+
+
+def test_bad_inputs_raise_clear_errors():
+    K = CameraIntrinsics(100.0, 100.0, 63.5, 47.5, 128, 96)
+    p = Pose.identity()
+    with pytest.raises(GeometryError, match="depth shape"):
+        overlap_fraction(p, K, p, K, target_depth=np.ones((10, 10), np.float32))
+    with pytest.raises(GeometryError, match="depth_range"):
+        overlap_fraction(p, K, p, K, depth_range=(2.0, 1.0))
+    with pytest.raises(ValueError, match="grid"):
+        overlap_fraction(p, K, p, K, grid=(0, 4))
+    d = inverse_depth_samples((1.0, 4.0), 3)
+    assert np.all(np.diff(1.0 / d) < 0) and 1.0 < d.min() and d.max() < 4.0
