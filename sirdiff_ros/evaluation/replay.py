@@ -441,3 +441,87 @@ def evaluate_frames(
         replay.feed(frame)
     return replay.finish(partial=bool(error), error=error)
 
+
+
+def evaluate_bag(
+    bag: str | Path,
+    out_dir: str | Path,
+    config: ReplayConfig | None = None,
+    *,
+    topics: Mapping[str, str | None] | None = None,
+    intrinsics: CameraIntrinsics | None = None,
+    write_bag: bool = True,
+    bag_format: str = "db3",
+    progress: bool = True,
+    announce: Callable[[str], None] = log.info,
+) -> EvaluationResult:
+    """Replay a ROS 1/2 bag, write the restored bag and the report into ``out_dir``.
+
+    ``topics`` may give ``image``, ``info``, ``pose``, ``gt``, ``depth``;
+    the others are detected (:func:`sirdiff_ros.data.bags.detect_topics`),
+    and ``announce`` is told which were chosen. ``intrinsics`` stands in
+    for a bag without CameraInfo. A bag that cannot be opened, or whose
+    topics are missing or ambiguous, raises before anything is written; one
+    that breaks part-way gives a report marked partial.
+    """
+    from tqdm import tqdm
+
+    from ..data.bags import detect_topics, read_bag_frames
+    from .bagout import RestoredBagWriter
+    from .report import write_report
+
+    cfg = config or ReplayConfig()
+    given = {k: v for k, v in (topics or {}).items() if v}
+    unknown = set(given) - {"image", "info", "pose", "gt", "depth"}
+    if unknown:
+        raise ValueError(f"unknown topic role(s) {sorted(unknown)}")
+    chosen = detect_topics(
+        bag,
+        image_topic=given.get("image"),
+        info_topic=given.get("info"),
+        pose_topic=given.get("pose"),
+        gt_topic=given.get("gt"),
+        depth_topic=given.get("depth"),
+        require_info=intrinsics is None,
+    )
+    for role, topic in chosen._asdict().items():
+        how = "given" if role in given else "detected"
+        announce(f"{role:>6} topic: {topic or '(none)'}" + (f" ({how})" if topic else ""))
+    if chosen.pose is None:
+        announce("no pose topic: keyframes need poses, so nothing will be restored or matched")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    total = _message_count(bag, chosen.image)
+    if cfg.max_frames is not None and total is not None:
+        total = min(total, cfg.max_frames)
+    frames = read_bag_frames(bag, *chosen, intrinsics=intrinsics)
+
+    def bar(it: Iterable[Frame]) -> Iterable[Frame]:
+        return tqdm(it, total=total, unit="frame", desc="replay", disable=not progress)
+
+    if write_bag:
+        with RestoredBagWriter(bag, out / "restored_bag", list(cfg.backends), chosen.image, chosen.info, bag_format) as sink:
+            result = evaluate_frames(frames, cfg, sink=sink, source=str(bag), progress=bar)
+            copy_error = sink.copy_source()
+        result.restored_bag = str(out / "restored_bag")
+        if copy_error and not result.partial:
+            result.partial, result.error = True, f"copying the source bag: {copy_error}"
+    else:
+        result = evaluate_frames(frames, cfg, source=str(bag), progress=bar)
+    result.topics = chosen._asdict()
+    write_report(result, out)
+    return result
+
+
+def _message_count(bag: str | Path, topic: str) -> int | None:
+    """Messages on ``topic`` per the bag's index, for the progress bar (None if unknown)."""
+    from rosbags.highlevel import AnyReader
+
+    from ..data.bags import bag_storage_path
+
+    try:
+        with AnyReader([bag_storage_path(bag)]) as reader:
+            info = reader.topics.get(topic)
+            return int(info.msgcount) if info is not None else None
+    except Exception:  # only cosmetic: the replay itself reports read errors
+        return None
