@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -132,3 +133,17 @@ def test_bag_through_node_stream_mode(tmp_path: Path, bag: tuple[Path, list[Any]
         node.close()
         if recorder.poll() is None:
             recorder.kill()
+
+
+def test_demo_runs_small_and_reports(tmp_path: Path) -> None:
+    from sirdiff_ros.ros.demo import main
+
+    out = tmp_path / "demo"
+    assert main(["--out", str(out), "--frames", "16", "--width", "96", "--height", "72", "--rate", "2", "--backend", "fusion"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["node"]["received"] == report["node"]["published"] == report["recorded_images"] == 16
+    assert report["node"]["exit_code"] == 0 and report["node"]["sigint_exit_s"] < 2.0
+    assert report["restored_targets"] == report["node"]["restored"]
+    assert (out / "report.md").read_text().startswith("# sirdiff_ros demo")
+    if report["restored_targets"]:
+        assert (out / "demo_grid.png").stat().st_size > 1000
