@@ -60,11 +60,12 @@ def _depth_map(frame: Frame, depth_prior: float | np.ndarray | None) -> tuple[np
     if frame.depth is not None:
         d = np.nan_to_num(frame.depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     elif depth_prior is not None:
-        d = np.broadcast_to(np.asarray(depth_prior, np.float32), frame.image.shape[:2]).copy()
+        prior = np.asarray(depth_prior, np.float32)
+        if prior.ndim and prior.shape != frame.image.shape[:2]:
+            raise ValueError(f"depth prior shape {prior.shape} does not match the image {frame.image.shape[:2]}")
+        d = np.broadcast_to(prior, frame.image.shape[:2]).copy()
     else:
         raise ValueError("blur_frame needs depth: the frame has none and no depth_prior was given")
-    if d.shape != frame.image.shape[:2]:
-        raise ValueError(f"depth prior shape {d.shape} does not match the image {frame.image.shape[:2]}")
     known = d > 0
     if not known.any():
         raise ValueError("depth has no valid (positive) values")
