@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt-topic", help="ground-truth sharp image topic (detected under /ground_truth/)")
     p.add_argument("--depth-topic", help="depth image topic (detected)")
     p.add_argument("--intrinsics", type=_intrinsics, help="fx,fy,cx,cy,width,height for bags without CameraInfo")
+    p.add_argument(
+        "--degrade",
+        type=int,
+        metavar="SEED",
+        help="real, sharp recordings: motion-blur a fraction of the frames (physical degrader) and score "
+        "against the originals",
+    )
+    p.add_argument("--degrade-fraction", type=float, default=0.5, help="share of frames blurred (default %(default)s)")
+    p.add_argument(
+        "--degrade-depth", type=float, default=2.0, help="scene depth (m) assumed by the degrader without a depth topic"
+    )
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many images")
     p.add_argument("--no-mapping", action="store_true", help="skip the pycolmap mapping evaluation")
     p.add_argument("--no-bag", action="store_true", help="do not write the restored bag")
@@ -108,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             write_bag=not args.no_bag,
             bag_format=args.bag_format,
             progress=not args.quiet,
+            degrade=None
+            if args.degrade is None
+            else {"seed": args.degrade, "fraction": args.degrade_fraction, "depth_prior": args.degrade_depth},
             announce=log.info,
         )
     except (BagError, ValueError, FileExistsError) as exc:

@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 import cv2
 import numpy as np
@@ -47,7 +47,7 @@ from .mapping import MappingError, MappingOptions, MappingView, run_mapping
 from .metrics import Features, detect_features, match_features, psnr, reprojection_consistency, sharpness, ssim
 from .report import INPUT, CropCandidate, EvaluationResult, KeyframeRecord, keyframe_gain
 
-__all__ = ["ReplayConfig", "OutcomeSink", "Replay", "evaluate_frames"]
+__all__ = ["ReplayConfig", "OutcomeSink", "Replay", "evaluate_frames", "evaluate_bag", "degrade_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -410,6 +410,29 @@ class Replay:
         return res
 
 
+def degrade_stream(
+    frames: Iterable[Frame], seed: int, fraction: float = 0.5, depth_prior: float = 2.0, **blur_options: Any
+) -> Iterator[Frame]:
+    """Ground truth for real, sharp recordings: motion-blur a ``fraction`` of
+    the frames with the data package's physical degrader
+    (:func:`sirdiff_ros.data.degrade.blur_frame`, the frame's depth or a
+    plane at ``depth_prior`` metres) and keep each original as
+    ``extras['sharp']``. Untouched frames get ``sharp`` = their own image.
+    Which frames, and their blur, are fixed by ``seed``."""
+    from ..data.degrade import blur_frame
+
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"degrade fraction must be in [0, 1], got {fraction}")
+    for i, frame in enumerate(frames):
+        if np.random.default_rng([seed, i, 0xDE6]).random() < fraction:
+            prior = None if frame.depth is not None else depth_prior
+            blurred, _ = blur_frame(frame, seed * 1_000_003 + i, depth_prior=prior, **blur_options)
+            yield blurred
+        else:
+            frame.extras["sharp"] = frame.image
+            yield frame
+
+
 def evaluate_frames(
     frames: Iterable[Frame],
     config: ReplayConfig | None = None,
@@ -453,6 +476,7 @@ def evaluate_bag(
     write_bag: bool = True,
     bag_format: str = "db3",
     progress: bool = True,
+    degrade: Mapping[str, Any] | None = None,
     announce: Callable[[str], None] = log.info,
 ) -> EvaluationResult:
     """Replay a ROS 1/2 bag, write the restored bag and the report into ``out_dir``.
@@ -462,7 +486,9 @@ def evaluate_bag(
     and ``announce`` is told which were chosen. ``intrinsics`` stands in
     for a bag without CameraInfo. A bag that cannot be opened, or whose
     topics are missing or ambiguous, raises before anything is written; one
-    that breaks part-way gives a report marked partial.
+    that breaks part-way gives a report marked partial. ``degrade`` (keyword
+    arguments of :func:`degrade_stream`, ``seed`` required) blurs real
+    frames to create ground truth.
     """
     from tqdm import tqdm
 
@@ -494,7 +520,12 @@ def evaluate_bag(
     total = _message_count(bag, chosen.image)
     if cfg.max_frames is not None and total is not None:
         total = min(total, cfg.max_frames)
-    frames = read_bag_frames(bag, *chosen, intrinsics=intrinsics)
+    frames: Iterable[Frame] = read_bag_frames(bag, *chosen, intrinsics=intrinsics)
+    if degrade is not None:
+        if chosen.gt is not None:
+            raise ValueError(f"the bag has ground truth ({chosen.gt}); degrading its frames would replace it")
+        frames = degrade_stream(frames, **dict(degrade))
+        announce(f"degrading frames for ground truth: {dict(degrade)}")
 
     def bar(it: Iterable[Frame]) -> Iterable[Frame]:
         return tqdm(it, total=total, unit="frame", desc="replay", disable=not progress)
