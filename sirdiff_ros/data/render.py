@@ -99,13 +99,13 @@ class Renderer:
         self._focal = math.sqrt(fx * fy)
         # Near plane and the four image-border planes through the optical centre
         # (camera frame, keep n.p >= off); a pixel's edge is half a pixel past its centre.
-        self._frustum = [
-            np.array([0.0, 0.0, 1.0, NEAR_PLANE_M]),
-            np.array([fx, 0.0, cx + 0.5, 0.0]),
-            np.array([-fx, 0.0, w - 0.5 - cx, 0.0]),
-            np.array([0.0, fy, cy + 0.5, 0.0]),
-            np.array([0.0, -fy, h - 0.5 - cy, 0.0]),
-        ]
+        self._frustum = np.array([
+            [0.0, 0.0, 1.0, NEAR_PLANE_M],
+            [fx, 0.0, cx + 0.5, 0.0],
+            [-fx, 0.0, w - 0.5 - cx, 0.0],
+            [0.0, fy, cy + 0.5, 0.0],
+            [0.0, -fy, h - 0.5 - cy, 0.0],
+        ])
         # Per-quad constants, stacked so culling and transforms are one array op per view.
         quads = scene.quads
         self._corners = np.stack([q.corners() for q in quads]) if quads else np.zeros((0, 4, 3))
@@ -131,11 +131,15 @@ class Renderer:
         coef_all = (n_c_all @ self._Kinv) / d_all[:, None]  # (Q, 3): 1/z = a u + b v + c
         drawn: list[tuple[int, tuple[int, int, int, int], np.ndarray]] = []
 
+        # Side of each corner to each frustum plane, all quads at once: (Q, 4 corners, 5 planes).
+        side = pc_all @ self._frustum[:, :3].T - self._frustum[:, 3]
+        inside_all = side >= 0
+        outside_one = (~inside_all).all(axis=1).any(axis=1)  # all corners beyond one plane: culled
         # Pass 1: visible polygons (clipped to the frustum) into the inverse-depth / id buffers.
-        for i in np.flatnonzero(front & (pc_all[:, :, 2].max(axis=1) >= NEAR_PLANE_M)):
+        for i in np.flatnonzero(front & ~outside_one):
             poly = pc_all[i]
-            for plane in self._frustum:
-                poly = _clip(poly, plane)
+            for k in np.flatnonzero(~inside_all[i].all(axis=0)):  # only the planes it crosses
+                poly = _clip(poly, self._frustum[k])
             if len(poly) < 3:
                 continue
             uv = self._project(poly)

@@ -152,8 +152,13 @@ def add_sensor_noise(linear: np.ndarray, rng: np.random.Generator, noise_std: fl
     """Poisson-Gaussian noise (variance = shot_noise * x + noise_std^2) on a linear image."""
     if noise_std == 0 and shot_noise == 0:
         return linear
-    sigma = np.sqrt(np.maximum(linear, 0) * shot_noise + noise_std**2, dtype=np.float32)
-    return linear + sigma * rng.standard_normal(linear.shape, dtype=np.float32)
+    var = np.maximum(linear, 0.0)
+    var *= np.float32(shot_noise)
+    var += np.float32(noise_std**2)
+    noise = rng.standard_normal(linear.shape, dtype=np.float32)
+    noise *= np.sqrt(var, out=var)
+    noise += linear
+    return noise
 
 
 def blur_extent_px(K: CameraIntrinsics, depth: np.ndarray, mid: Pose, first: Pose, last: Pose) -> float:
