@@ -204,7 +204,9 @@ class MultiViewTransformer2D(Transformer2DModel):
         return self._get_output_for_continuous_inputs(tokens, residual, bn, height, width, inner_dim)
 
 
-def _transformer(channels: int, head_dim: int, *, groups: int, layers: int, linear_proj: bool, upcast: bool):
+def _transformer(
+    channels: int, head_dim: int, *, groups: int, layers: int, linear_proj: bool, upcast: bool
+) -> MultiViewTransformer2D:
     if channels % head_dim:
         raise ValueError(f"attention head dim {head_dim} does not divide {channels} channels")
     return MultiViewTransformer2D(
@@ -217,6 +219,10 @@ def _transformer(channels: int, head_dim: int, *, groups: int, layers: int, line
         use_linear_projection=linear_proj,
         upcast_attention=upcast,
     )
+
+
+def _transformers(channels: int, head_dim: int, count: int, attn_kw: dict) -> nn.ModuleList:
+    return nn.ModuleList(_transformer(channels, head_dim, **attn_kw) for _ in range(count))
 
 
 class _ViewBlockBase(nn.Module):
@@ -264,9 +270,7 @@ class ViewDownBlock(_ViewBlockBase):
             SpatialViewResBlock(in_channels if i == 0 else out_channels, out_channels, temb_channels, **resnet_kw)
             for i in range(layers)
         )
-        self.attentions = (
-            nn.ModuleList(_transformer(out_channels, head_dim, **attn_kw) for _ in range(layers)) if attention else None
-        )
+        self.attentions = _transformers(out_channels, head_dim, layers, attn_kw) if attention else None
         self.downsamplers = (
             nn.ModuleList([Downsample2D(out_channels, use_conv=True, out_channels=out_channels, padding=1, name="op")])
             if add_downsample
@@ -306,7 +310,7 @@ class ViewMidBlock(_ViewBlockBase):
         self.resnets = nn.ModuleList(
             SpatialViewResBlock(channels, channels, temb_channels, **resnet_kw) for _ in range(2)
         )
-        self.attentions = nn.ModuleList([_transformer(channels, head_dim, **attn_kw)]) if attention else None
+        self.attentions = _transformers(channels, head_dim, 1, attn_kw) if attention else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, num_views: int) -> torch.Tensor:
         """x (B*N, C, H, W) -> (B*N, C, H, W)."""
@@ -342,9 +346,7 @@ class ViewUpBlock(_ViewBlockBase):
             resnet_in = prev_output_channels if i == 0 else out_channels
             resnets.append(SpatialViewResBlock(resnet_in + skip_channels, out_channels, temb_channels, **resnet_kw))
         self.resnets = nn.ModuleList(resnets)
-        self.attentions = (
-            nn.ModuleList(_transformer(out_channels, head_dim, **attn_kw) for _ in range(layers)) if attention else None
-        )
+        self.attentions = _transformers(out_channels, head_dim, layers, attn_kw) if attention else None
         self.upsamplers = (
             nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)]) if add_upsample else None
         )
