@@ -24,7 +24,7 @@ TORCH := torch==2.13.0
 TORCH_INDEX ?=
 # Build tools of the venv itself (pip freeze leaves them out of the lock);
 # setuptools' "compat" editable mode is what makes the message namespace work.
-BOOTSTRAP := pip==26.3 setuptools==84.2.1 wheel
+BOOTSTRAP := pip==26.3 setuptools==84.2.1
 # make test TESTS=test/test_foundation_messages.py PYTEST_ARGS="-x -q"
 TESTS ?= test/
 PYTEST_ARGS ?=
