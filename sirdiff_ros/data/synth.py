@@ -131,15 +131,16 @@ def render_exposure(renderer: Renderer, pose_at: Callable[[float], Pose], exposu
     ``[-exposure_s/2, exposure_s/2]``; their linear-light mean is returned as
     float32 (H, W, 3).
     """
-    mid = renderer.render(pose_at(0.0))
+    mid_pose = pose_at(0.0)
+    mid = renderer.render(mid_pose)
     if exposure_s == 0 or subframes == 1:
-        return srgb_to_linear(mid.image), mid, [pose_at(0.0)]
+        return srgb_to_linear(mid.image), mid, [mid_pose]
+    taus = [((k + 0.5) / subframes - 0.5) * exposure_s for k in range(subframes)]
+    poses = [pose_at(tau) for tau in taus]
+    if all(np.array_equal(p.matrix(), mid_pose.matrix()) for p in poses):
+        return srgb_to_linear(mid.image), mid, poses  # the camera did not move: one render is exact
     acc = None
-    poses = []
-    for k in range(subframes):
-        tau = ((k + 0.5) / subframes - 0.5) * exposure_s
-        p = pose_at(tau)
-        poses.append(p)
+    for tau, p in zip(taus, poses):
         img = mid.image if tau == 0.0 else renderer.render(p).image
         lin = srgb_to_linear(img)
         acc = lin if acc is None else acc + lin
