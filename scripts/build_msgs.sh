@@ -49,6 +49,7 @@ for f in glob.glob(str(venv / "share" / "*" / "cmake" / "*.cmake")):
 print(f"build_msgs: rewrote foreign include paths in {patched} CMake files")
 PY
 
+mkdir -p "$(dirname "$build")"
 cmake -S "$repo" -B "$build" \
   -DCMAKE_PREFIX_PATH="$venv" \
   -DCMAKE_INSTALL_PREFIX="$venv" \
