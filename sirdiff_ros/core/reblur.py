@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["estimate_kernel", "reblur"]
+__all__ = ["estimate_kernel", "kernel_centroid", "center_kernel", "reblur"]
 
 
 def estimate_kernel(sharp: np.ndarray, blurred: np.ndarray, mask: np.ndarray, size: int, reg: float = 1e-2) -> np.ndarray:
@@ -68,3 +68,26 @@ def reblur(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Convolve a float32 image (H, W) or (H, W, C) with ``kernel`` (replicated borders)."""
     # filter2D correlates; the estimated kernel is a convolution kernel: flip it.
     return cv2.filter2D(image, -1, np.ascontiguousarray(kernel[::-1, ::-1]), borderType=cv2.BORDER_REPLICATE)
+
+
+def kernel_centroid(kernel: np.ndarray) -> np.ndarray:
+    """(dx, dy) of the kernel's centre of mass relative to its central pixel."""
+    h, w = kernel.shape
+    total = float(kernel.sum())
+    if total <= 0:
+        return np.zeros(2)
+    ys, xs = np.mgrid[0:h, 0:w]
+    return np.array([(kernel * xs).sum() / total - w // 2, (kernel * ys).sum() / total - h // 2])
+
+
+def center_kernel(kernel: np.ndarray) -> np.ndarray:
+    """The kernel shifted (sub-pixel) so that its centre of mass is its central pixel."""
+    c = kernel_centroid(kernel)
+    if np.abs(c).max() < 1e-3:
+        return kernel
+    # k'(u) = k(u + c): warpAffine's dst(x) = src(x - t) with t = -c.
+    M = np.array([[1.0, 0.0, -c[0]], [0.0, 1.0, -c[1]]], np.float32)
+    k = cv2.warpAffine(kernel, M, (kernel.shape[1], kernel.shape[0]), flags=cv2.INTER_LINEAR)
+    k = np.maximum(k, 0.0)
+    total = float(k.sum())
+    return (k / total).astype(np.float32) if total > 1e-6 else kernel

@@ -44,7 +44,7 @@ import numpy as np
 
 from ..blur import local_sharpness, sharpness, to_grey
 from ..frame import Frame
-from ..reblur import estimate_kernel, reblur
+from ..reblur import center_kernel, estimate_kernel, reblur
 from .base import RestoredView, RestoreRequest, RestoreResult, register_restorer
 from .passthrough import check_request
 
@@ -57,20 +57,21 @@ class FusionConfig:
 
     work_scale: float = 0.5  # resolution of flow, checks and weight maps
     use_depth: bool = True  # reprojection when the target has depth and poses
-    refine_flow: bool = False  # DIS refinement of the reprojection
+    refine_flow: bool = True  # residual DIS flow on top of the reprojection (pose/depth errors)
+    max_refine_px: float = 8.0  # refinements moving the alignment further are discarded
+    refine_margin: float = 1.0  # grey levels of residual a refinement must gain to replace the initial flow
     dis_preset: str = "medium"  # "ultrafast" | "fast" | "medium"
     min_global_ratio: float = 1.05  # partner's sharpness / target's to consider it
     fb_threshold: float = 1.0  # forward-backward error (px) at full trust ... x2 = none
     depth_tolerance: float = 0.05  # relative z difference for the occlusion test
     photo_abs: float = 6.0  # grey levels of residual tolerated everywhere
-    photo_rel: float = 0.5  # ... plus this fraction of the local contrast
-    sharper_ratio: float = 1.2  # local sharpness gain where a partner starts to count
-    full_ratio: float = 2.0  # gain where it counts fully
+    photo_px: float = 1.0  # ... plus this many pixels of misalignment at the local gradient
+    sharper_ratio: float = 1.1  # local sharpness gain where a partner starts to count
+    full_ratio: float = 1.5  # gain where it counts fully
     sharpness_sigma: float = 3.0  # neighbourhood of the local sharpness (px)
-    erode_px: int = 2  # untrusted regions grow by this before smoothing
-    weight_sigma: float = 3.0  # smoothing of weight maps (px)
+    erode_px: int = 1  # untrusted regions grow by this before smoothing
+    weight_sigma: float = 2.0  # smoothing of weight maps (px)
     kernel_size: int = 25  # relative blur kernel estimated for the photometric check (px, odd)
-    reblur_flow: bool = True  # second flow pass with the estimated kernel (flow path)
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.work_scale <= 1.0:
@@ -102,7 +103,7 @@ class Alignment:
 
     ``flow`` (h, w, 2): target pixel -> partner pixel offset; ``trust`` (h, w)
     in [0, 1]; ``matched`` the blur-matched partner grey warped to the target;
-    ``method`` "depth", "depth+flow" or "flow".
+    ``method`` "depth" or "flow", with "+refine" when refined.
     """
 
     flow: np.ndarray
@@ -182,57 +183,61 @@ def align_partner(
     scale); ``dis`` a cv2 DIS optical flow object.
     """
     h, w = target_grey.shape
-    pg = _resize(_grey_f32(partner.image), (int(round(partner.width * w / target.width)), int(round(partner.height * h / target.height))))
-    matched, _ = _match_blur(pg, target_score)
+    pg = _resize(_grey_f32(partner.image), (w, h))
     t8 = np.clip(target_grey, 0, 255).astype(np.uint8)
-    m8 = np.clip(matched, 0, 255).astype(np.uint8)
+    # The partner blurred to the target's sharpness, for matching only.
+    mg = _match_blur(pg, target_score)[0]
+    m8 = np.clip(mg, 0, 255).astype(np.uint8)
     geometric = (
         config.use_depth and target.depth is not None and target.pose is not None and partner.pose is not None
     )
     trust = np.ones((h, w), np.float32)
+    # 1. Initial alignment.
     if geometric:
         flow, z, valid = _reprojection_flow(target, partner, (w, h))
         method = "depth"
-        if config.refine_flow:
-            refined = dis.calc(t8, m8, flow.copy())
-            # Keep refinements within a couple of pixels of the geometry.
-            ok = np.linalg.norm(refined - flow, axis=-1) < 2.0 * config.fb_threshold
-            flow = np.where(ok[..., None], refined, flow)
-            method = "depth+flow"
         trust *= valid
         if partner.depth is not None:
-            pd = _resize(partner.depth.astype(np.float32), (pg.shape[1], pg.shape[0]))
-            pdw, _ = _warp(pd, flow)
+            pdw, _ = _warp(_resize(partner.depth.astype(np.float32), (w, h)), flow)
             # Occluded in the partner: something closer than our point is there.
-            occ = (pdw > 0) & (z > pdw * (1.0 + config.depth_tolerance))
-            trust *= ~occ
+            trust *= ~((pdw > 0) & (z > pdw * (1.0 + config.depth_tolerance)))
     else:
         flow = dis.calc(t8, m8, None)
-        back = dis.calc(m8, t8, None)
-        back_at, _ = _warp(back, flow)
+        back_at, _ = _warp(dis.calc(m8, t8, None), flow)
         fb = np.linalg.norm(flow + back_at, axis=-1)
         # Full trust under fb_threshold, none at twice it.
         trust *= np.clip(2.0 - fb / config.fb_threshold, 0.0, 1.0)
         method = "flow"
+    if config.refine_flow and geometric:
+        # 2. Refinement: residual flow from the target to the partner pre-warped
+        # by the current alignment (corrects pose and depth errors), composed
+        # with it; residuals beyond max_refine_px are discarded.
+        pre, _ = _warp(mg, flow)
+        r = dis.calc(t8, np.clip(pre, 0, 255).astype(np.uint8), None)
+        r[np.linalg.norm(r, axis=-1) >= config.max_refine_px] = 0.0
+        refined = r + _warp(flow, r)[0]
+        # Per pixel, blend the two by how well each explains the target (soft
+        # minimum of the local residual: a smooth flow, no switching seams).
+        res = np.stack([cv2.GaussianBlur(np.abs(_warp(mg, f)[0] - target_grey), (0, 0), 3.0) for f in (flow, refined)])
+        res[1] += config.refine_margin  # the refinement must explain the target better to win
+        wts = np.exp(-(res - res.min(axis=0)) / 2.0)  # (2, h, w)
+        wts /= wts.sum(axis=0)
+        flow = (wts[0, ..., None] * flow + wts[1, ..., None] * refined).astype(np.float32)
+        method += "+refine"
     sharp_w, inside = _warp(pg, flow)
     trust *= inside
-    # Re-blur the aligned partner with the relative blur kernel estimated on
-    # trusted pixels, so that the photometric check compares like with like.
-    kernel = estimate_kernel(sharp_w, target_grey, trust > 0.5, config.kernel_size)
-    if method == "flow" and config.reblur_flow:
-        # Second flow pass on the partner re-blurred with the estimated kernel
-        # (a directional blur, unlike the first pass's Gaussian).
-        m8 = np.clip(reblur(pg, kernel), 0, 255).astype(np.uint8)
-        flow = dis.calc(t8, m8, flow.copy())
-        sharp_w, inside = _warp(pg, flow)
-        trust *= inside
-    warped = reblur(sharp_w, kernel)
-    res = cv2.GaussianBlur(np.abs(warped - target_grey), (0, 0), 1.5)
-    mu = cv2.GaussianBlur(target_grey, (0, 0), 3.0)
-    contrast = np.sqrt(np.maximum(cv2.GaussianBlur(target_grey * target_grey, (0, 0), 3.0) - mu * mu, 0.0))
-    tol = config.photo_abs + config.photo_rel * contrast
+    # 3. Photometric check: the aligned partner re-blurred with the relative
+    # blur kernel (estimated on trusted pixels and centred, so that a
+    # misalignment cannot hide in a shifted kernel) against the target.
+    kernel = center_kernel(estimate_kernel(sharp_w, target_grey, trust > 0.5, config.kernel_size))
+    matched = reblur(sharp_w, kernel)
+    res = cv2.GaussianBlur(np.abs(matched - target_grey), (0, 0), 1.5)
+    # A misalignment of d pixels leaves a residual of about d * |grad target|:
+    # the tolerance is photo_px pixels of that, plus a floor for noise.
+    grad = np.sqrt(local_sharpness(target_grey, 1.5)) / 4.0  # Sobel gain 4 -> grey levels per pixel
+    tol = config.photo_abs + config.photo_px * grad
     trust *= np.clip(2.0 - res / tol, 0.0, 1.0)
-    return Alignment(flow, trust.astype(np.float32), warped, method)
+    return Alignment(flow, trust.astype(np.float32), matched, method)
 
 
 @register_restorer("fusion")
