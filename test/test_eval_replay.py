@@ -210,3 +210,17 @@ def test_real_ros1_t265_bag(shared_data: Path, tmp_path: Path) -> None:
     assert counts["/camera/fisheye2/image_raw"] == 3 and counts["/camera/odom/sample"] == 19  # ROS 1 converted
     assert counts["/restored/fusion/image"] == 3 and "/restored/fusion/camera_info" not in counts
     assert (msg.encoding, msg.width, msg.height) == ("mono8", 848, 800)
+
+
+def test_params_file_gives_the_nodes_pipeline(repo_root: Path, tmp_path: Path) -> None:
+    from sirdiff_ros.core.pipeline import PipelineConfig
+    from sirdiff_ros.evaluation.cli import pipeline_from_params_file
+
+    assert pipeline_from_params_file(repo_root / "config" / "restore.yaml") == PipelineConfig()
+    custom = tmp_path / "p.yaml"
+    custom.write_text("restore_node:\n  ros__parameters:\n    num_views: 3\n    blur_ratio: 0.9\n")
+    pc = pipeline_from_params_file(custom)
+    assert (pc.num_views, pc.blur_ratio) == (3, 0.9)
+    custom.write_text("/**:\n  ros__parameters:\n    blur_ratio: 7.0\n")
+    with pytest.raises(ValueError, match="blur_ratio"):
+        pipeline_from_params_file(custom)

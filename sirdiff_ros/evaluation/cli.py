@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "pipeline_from_params_file"]
 
 log = logging.getLogger("sirdiff-eval")
 
@@ -34,6 +34,32 @@ def _intrinsics(text: str):  # -> CameraIntrinsics without the width/height (set
         return CameraIntrinsics(vals[0], vals[1], vals[2], vals[3], int(vals[4]), int(vals[5]))
     except GeometryError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def pipeline_from_params_file(path: Path):  # -> PipelineConfig
+    """The node's pipeline settings from its parameters YAML (``config/restore.yaml``
+    layout: ``<node or /**>: ros__parameters: {...}``), so the replay makes
+    the same keyframe, gate and selection decisions as the deployed node.
+    Parameters not given keep the node's defaults; unknown or invalid ones
+    raise ValueError."""
+    import yaml
+
+    from ..ros.params import check_value, defaults, pipeline_config
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read parameters file {path}: {exc}") from exc
+    blocks = [v["ros__parameters"] for v in (doc or {}).values() if isinstance(v, dict) and "ros__parameters" in v]
+    if len(blocks) != 1:
+        raise ValueError(f"{path}: expected one '<node>: ros__parameters:' block, found {len(blocks)}")
+    values = defaults()
+    for name, value in blocks[0].items():
+        problem = check_value(name, value)
+        if problem:
+            raise ValueError(f"{path}: {problem}")
+        values[name] = value
+    return pipeline_config(values)
 
 
 def _cli_wording(message: str) -> str:
@@ -59,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sirdiff, sirdiff-single)",
     )
     p.add_argument("--views", type=int, default=None, help="views per restoration set, target included (default 4)")
+    p.add_argument(
+        "--params", type=Path, help="the node's parameters YAML (e.g. config/restore.yaml): same keyframe/gate/selection"
+    )
     p.add_argument("--image-topic", help="camera image topic (detected when unambiguous)")
     p.add_argument("--info-topic", help="CameraInfo topic (detected)")
     p.add_argument("--pose-topic", help="PoseStamped/PoseWithCovarianceStamped/Odometry topic (detected)")
@@ -103,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     model_opts = {k: v for k, v in (("device", args.device), ("steps", args.steps), ("checkpoint", args.checkpoint)) if v is not None}
     options = {b: model_opts for b in backends if b.startswith("sirdiff")}
     try:
+        pipeline = pipeline_from_params_file(args.params) if args.params else None
         config = ReplayConfig(
             backends=backends,
+            **({"pipeline": pipeline} if pipeline is not None else {}),
             num_views=args.views,
             backend_options=options,
             max_frames=args.max_frames,
