@@ -34,6 +34,8 @@ __all__ = ["RenderResult", "Renderer", "render_view", "NEAR_PLANE_M"]
 
 NEAR_PLANE_M = 0.05
 _SUBPIXEL_BITS = 4
+# Rows per warp strip for tall visible regions (see Renderer._warp_into).
+_STRIP_ROWS = 48
 
 
 @dataclass
@@ -230,13 +232,10 @@ class Renderer:
                    sel: np.ndarray, image: np.ndarray) -> None:
         """Warp the texture of quad ``i`` (mip ``level``) into ``image`` where ``sel`` (over ``box``) is set."""
         q = self.scene.quads[i]
-        bx0, by0, bx1, by1 = box
-        # Tighten the box to the pixels this call owns.
-        rows, cols = np.flatnonzero(sel.any(axis=1)), np.flatnonzero(sel.any(axis=0))
+        bx0, by0, _, _ = box
+        rows = np.flatnonzero(sel.any(axis=1))
         if rows.size == 0:
             return
-        x0, y0, x1, y1 = bx0 + cols[0], by0 + rows[0], bx0 + cols[-1] + 1, by0 + rows[-1] + 1
-        sel = sel[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         tex = q.texture.levels[level]
         to_st, M0 = self._level_maps(i, level)
         # Texture pixel of the visible polygon's vertices: the crop of the tiled texture needed.
@@ -245,15 +244,27 @@ class Renderer:
         s0, t0 = int(math.floor(st[:, 0].min())) - 1, int(math.floor(st[:, 1].min())) - 1
         s1, t1 = int(math.ceil(st[:, 0].max())) + 2, int(math.ceil(st[:, 1].max())) + 2
         crop = _tiled_crop(tex, t0, t1, s0, s1)
-        # Crop pixel (s', t') -> world point -> image pixel shifted to the box.
+        # Crop pixel (s', t') -> world point -> image pixel (full image coordinates).
         M = M0.copy()
         M[:, 2] += s0 * M0[:, 0] + t0 * M0[:, 1] - pose.translation
         H = self.K.K @ pose.rotation.T @ M
-        H[0] -= x0 * H[2]
-        H[1] -= y0 * H[2]
-        warped = cv2.warpPerspective(crop, H, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_CONSTANT)
-        cv2.copyTo(warped, sel.view(np.uint8), image[y0:y1, x0:x1])
+        # Warp in horizontal strips, each tightened to the columns it owns: occluded
+        # or slanted regions leave much of a single bounding box unused.
+        r0, r1 = int(rows[0]), int(rows[-1]) + 1
+        step = _STRIP_ROWS if (r1 - r0) > 2 * _STRIP_ROWS else r1 - r0
+        for a in range(r0, r1, step):
+            part = sel[a : min(a + step, r1)]
+            cols = np.flatnonzero(part.any(axis=0))
+            if cols.size == 0:
+                continue
+            c0, c1 = int(cols[0]), int(cols[-1]) + 1
+            x0, y0 = bx0 + c0, by0 + a
+            Hs = H.copy()
+            Hs[0] -= x0 * Hs[2]
+            Hs[1] -= y0 * Hs[2]
+            warped = cv2.warpPerspective(crop, Hs, (c1 - c0, part.shape[0]), flags=cv2.INTER_LINEAR,
+                                         borderMode=cv2.BORDER_CONSTANT)
+            cv2.copyTo(warped, part[:, c0:c1].view(np.uint8), image[y0 : y0 + part.shape[0], x0 : x0 + c1 - c0])
 
 
 def render_view(scene: Scene, intrinsics: CameraIntrinsics, pose: Pose) -> RenderResult:

@@ -156,7 +156,11 @@ def add_sensor_noise(linear: np.ndarray, rng: np.random.Generator, noise_std: fl
     var = np.maximum(linear, 0.0)
     var *= np.float32(shot_noise)
     var += np.float32(noise_std**2)
-    noise = rng.standard_normal(linear.shape, dtype=np.float32)
+    # OpenCV's normal generator is ~3x faster than numpy's; its thread-local
+    # state is seeded from ``rng`` right before use, so the result is deterministic.
+    noise = np.empty(linear.shape, np.float32)
+    cv2.setRNGSeed(int(rng.integers(1, 2**31 - 1)))
+    cv2.randn(noise.reshape(-1, 1), 0.0, 1.0)  # one channel: a scalar std applies to it
     noise *= np.sqrt(var, out=var)
     noise += linear
     return noise
