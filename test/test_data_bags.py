@@ -170,3 +170,20 @@ def test_real_ros1_bag_reads_with_given_topic_and_intrinsics(shared_data: Path) 
         assert f.frame_id == "camera_fisheye1_optical_frame"
         assert f.pose is not None  # odometry at 200 Hz, interpolated at the image stamp
     assert 0 < frames[0].pose.distance_to(frames[-1].pose) < 0.5
+
+
+def test_mcap_scan_matches_rosbags_on_a_complete_file(tmp_path: Path, frames: list[Frame]) -> None:
+    from sirdiff_ros.data.mcap_scan import McapTruncatedError, mcap_channels, scan_mcap
+
+    write_frames_bag(tmp_path / "bag", frames, "mcap")
+    (mcap,) = (tmp_path / "bag").glob("*.mcap")
+    with AnyReader([tmp_path / "bag"], default_typestore=make_typestore()) as reader:
+        expected = [(c.topic, c.msgtype, t, bytes(raw)) for c, t, raw in reader.messages()]
+        types = {c.topic: c.msgtype for c in reader.connections}
+    scanned = [(m.topic, m.msgtype, m.log_time_ns, m.data) for m in scan_mcap(mcap)]
+    assert sorted(scanned) == sorted(expected)
+    assert mcap_channels(mcap) == types
+    assert [m.topic for m in scan_mcap(mcap, {DEFAULT_TOPICS.pose})] == [DEFAULT_TOPICS.pose] * len(frames)
+    (tmp_path / "x.mcap").write_bytes(b"not mcap")
+    with pytest.raises(McapTruncatedError, match="bad magic"):
+        list(scan_mcap(tmp_path / "x.mcap"))

@@ -92,11 +92,8 @@ def _flat_records(path: str | Path) -> Iterator[tuple[int, bytes]]:
             yield from _records(None, _decompress(body[pos + 8 : pos + 8 + csize], compression, size))
 
 
-def scan_mcap(path: str | Path, topics: set[str] | None = None) -> Iterator[McapMessage]:
-    """Complete messages of ``path`` in file order (only ``topics`` when given).
-
-    Raises :class:`McapTruncatedError` after the last complete record when the file is cut short.
-    """
+def _scan(path: str | Path) -> Iterator[tuple[int, str, str, int, bytes]]:
+    """``(opcode, topic, msgtype, log_time_ns, data)`` for channel declarations and messages."""
     schemas: dict[int, str] = {}
     channels: dict[int, tuple[str, str]] = {}
     for op, body in _flat_records(path):
@@ -106,25 +103,31 @@ def scan_mcap(path: str | Path, topics: set[str] | None = None) -> Iterator[Mcap
         elif op == _OP_CHANNEL:
             cid, sid = struct.unpack_from("<HH", body)
             channels[cid] = (_string(body, 4)[0], schemas.get(sid, ""))
+            yield op, *channels[cid], 0, b""
         elif op == _OP_MESSAGE:
             cid, _seq, log_time = struct.unpack_from("<HIQ", body)
             topic, msgtype = channels.get(cid, ("", ""))
-            if topic and (topics is None or topic in topics):
-                yield McapMessage(topic, msgtype, log_time, body[22:])
+            if topic:
+                yield op, topic, msgtype, log_time, body[22:]
+
+
+def scan_mcap(path: str | Path, topics: set[str] | None = None) -> Iterator[McapMessage]:
+    """Complete messages of ``path`` in file order (only ``topics`` when given).
+
+    Raises :class:`McapTruncatedError` after the last complete record when the file is cut short.
+    """
+    for op, topic, msgtype, log_time, data in _scan(path):
+        if op == _OP_MESSAGE and (topics is None or topic in topics):
+            yield McapMessage(topic, msgtype, log_time, data)
 
 
 def mcap_channels(path: str | Path) -> dict[str, str]:
     """``{topic: msgtype}`` of the channels declared in the readable part of ``path``."""
-    schemas: dict[int, str] = {}
     out: dict[str, str] = {}
     try:
-        for op, body in _flat_records(path):
-            if op == _OP_SCHEMA:
-                (sid,) = struct.unpack_from("<H", body)
-                schemas[sid] = _string(body, 2)[0]
-            elif op == _OP_CHANNEL:
-                _cid, sid = struct.unpack_from("<HH", body)
-                out[_string(body, 4)[0]] = schemas.get(sid, "")
+        for op, topic, msgtype, _, _ in _scan(path):
+            if op == _OP_CHANNEL:
+                out[topic] = msgtype
     except McapTruncatedError:
         pass
     return out
