@@ -89,7 +89,9 @@ def test_sequencer_keeps_input_order_and_falls_back_after_deadline() -> None:
     assert out == [(0, "orig")] and len(seq) == 3  # 2 waits behind pending 1
     assert seq.resolve(3, (3, "restored"))
     assert out == [(0, "orig")]
+    assert seq.is_pending(1) and not seq.is_pending(3) and not seq.is_pending(0)
     assert seq.expire(now=15.0) == 1  # 1 misses its budget, 3 is already resolved
+    assert not seq.is_pending(1)
     assert out == [(0, "orig"), (1, FallbackReason.LATENCY_BUDGET), (2, "orig"), (3, "restored")]
     assert not seq.resolve(1, (1, "late")), "a late result must not be published twice"
     with pytest.raises(ValueError):

@@ -166,11 +166,12 @@ class Probe:
     def publish(self, topic: str, msg: Any) -> None:
         self.pubs[topic].publish(msg)
 
-    def wait_matched(self, timeout_s: float = 20.0) -> bool:
-        """Until every input has a subscriber and every output a publisher."""
+    def wait_matched(self, timeout_s: float = 20.0, inputs: Sequence[str] | None = None) -> bool:
+        """Until every input (or those named) has a subscriber and every output a publisher."""
         deadline = time.monotonic() + timeout_s
+        pubs = [self.pubs[t] for t in inputs] if inputs is not None else list(self.pubs.values())
         while time.monotonic() < deadline:
-            pubs_ok = all(p.get_subscription_count() > 0 for p in self.pubs.values())
+            pubs_ok = all(p.get_subscription_count() > 0 for p in pubs)
             subs_ok = all(self.node.count_publishers(t) > 0 for t in self.received)
             if pubs_ok and subs_ok:
                 time.sleep(0.2)  # let the reverse direction match too

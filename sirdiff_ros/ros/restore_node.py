@@ -97,6 +97,7 @@ class _Job:
     seq: int
     src: _Input
     decision: Any  # core.pipeline.FrameDecision
+    deadline: float  # time.monotonic() after which its original is published instead
 
 
 class RestoreNode(Node):
@@ -127,6 +128,7 @@ class RestoreNode(Node):
         self._last_stamp_ns: int | None = None
         self._seq = 0
         self._closed = False
+        self._call_s: float | None = None  # smoothed duration of successful restore calls
         self.sequencer = OutputSequencer(self._emit, c["max_pending_output"])
         self.worker: RestoreWorker[_Job] = RestoreWorker(
             self._run_job, c["queue_size"], c["drop_policy"], self._on_job_dropped, self._on_job_crash
@@ -300,13 +302,24 @@ class RestoreNode(Node):
         if not decision.is_target:
             return self.sequencer.add_ready(seq, _Output(src, src.msg, reason=decision.reason))
         budget = self.cfg["latency_budget_s"] if self.cfg["mode"] == "stream" else float("inf")
-        self.sequencer.add_pending(seq, src.arrival + budget, lambda reason: self._passed_through(src, reason))
-        self.worker.submit(_Job(seq, src, decision))
+        deadline = src.arrival + budget
+        self.sequencer.add_pending(seq, deadline, lambda reason: self._passed_through(src, reason))
+        self.worker.submit(_Job(seq, src, decision, deadline))
 
     # -- restoration (worker thread) --------------------------------------------------------
     def _run_job(self, job: _Job) -> None:
+        if not self.sequencer.is_pending(job.seq):
+            return  # its original already went out (latency budget): spend the time on a fresh target
+        if self._call_s is not None and time.monotonic() + self._call_s > job.deadline:
+            # Would miss its budget anyway: release the stream now instead of at the deadline.
+            self.sequencer.resolve(job.seq, self._passed_through(job.src, "latency_budget"))
+            return
         outcome = self.pipeline.restore(job.decision)
         self.stats.on_restore_call(outcome.latency_s * 1e3, outcome.error)
+        if outcome.error is None:
+            # Smoothed restore-call time, for the check above.
+            s = outcome.latency_s
+            self._call_s = s if self._call_s is None else 0.8 * self._call_s + 0.2 * s
         if outcome.error is not None:
             self._log_throttled("backend_error", f"backend failed, publishing the original: {outcome.error!r}", error=True)
         if self.worker.stopping:

@@ -64,6 +64,12 @@ class OutputSequencer:
             self._append(seq, _Slot(None, deadline, fallback))
             self._drain()
 
+    def is_pending(self, seq: int) -> bool:
+        """True while ``seq`` waits for :meth:`resolve` (not yet fallen back)."""
+        with self._lock:
+            slot = self._slots.get(seq)
+            return slot is not None and slot.fallback is not None
+
     def resolve(self, seq: int, item: Any) -> bool:
         """Fill a pending slot; False when it already fell back (too late) or is unknown."""
         with self._lock:

@@ -1,0 +1,225 @@
+"""Restore node latency and throughput over DDS, 640x480.
+
+1. Added latency in passthrough mode: the same image/camera_info/pose stream
+   goes through (a) a bare rclpy relay process (subscribe image, publish it
+   again) and (b) ``sirdiff-restore`` with backend ``passthrough``; latency is
+   send -> receive of the output image in this process (one clock). The two
+   alternate in rounds so that background load hits both alike.
+2. End to end with the ``fusion`` backend, 4 views: targets' restore call and
+   arrival-to-publication latency (from KeyframeSet), output rate, restored
+   targets per second.
+
+    .venv/bin/python bench/node.py [--seconds 12] [--rate 20]
+
+Writes bench/results/node.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("ROS_DOMAIN_ID", "59")
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds.xml"))
+
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+
+from sirdiff_ros.msg import KeyframeSet, RestoreStatus  # noqa: E402
+from sirdiff_ros.ros.convert import frame_messages, ns_to_stamp_fields  # noqa: E402
+from sirdiff_ros.ros.probe import NodeProcess, Probe, target_rich_frames  # noqa: E402
+
+RESULTS = REPO_ROOT / "bench" / "results" / "node.json"
+INPUTS = {"image": Image, "camera_info": CameraInfo, "pose": PoseStamped}
+
+RELAY = """
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+rclpy.init()
+node = rclpy.create_node("bare_relay")
+qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+pub = node.create_publisher(Image, "relay/image", qos)
+node.create_subscription(Image, "image", pub.publish, qos)
+try:
+    rclpy.spin(node)
+except (KeyboardInterrupt, ExternalShutdownException):
+    pass
+"""
+
+
+def _stream(probe: Probe, msgs: list[tuple[Any, Any, Any]], seconds: float, rate: float, start_index: int) -> dict[int, float]:
+    """Publish at ``rate`` Hz for ``seconds``; returns send time by stamp."""
+    sent: dict[int, float] = {}
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < seconds:
+        img, info, pose = msgs[i % len(msgs)]
+        stamp_ns = int((start_index + i) * 1e9 / rate)
+        for m in (img, info, pose):
+            m.header.stamp.sec, m.header.stamp.nanosec = ns_to_stamp_fields(stamp_ns)
+        probe.publish("pose", pose)
+        probe.publish("camera_info", info)
+        sent[stamp_ns] = time.monotonic()
+        probe.publish("image", img)
+        i += 1
+        time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+    return sent
+
+
+def _latencies(probe: Probe, topic: str, sent: dict[int, float]) -> np.ndarray:
+    return np.array([(r.t - sent[r.stamp_ns]) * 1e3 for r in probe.get(topic) if r.stamp_ns in sent])
+
+
+def _summary(ms: np.ndarray, n_sent: int) -> dict[str, Any]:
+    return {
+        "frames_sent": n_sent,
+        "frames_received": int(ms.size),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p90_ms": round(float(np.percentile(ms, 90)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+    }
+
+
+def bench_added_latency(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: float, rounds: int) -> dict[str, Any]:
+    lat: dict[str, list[np.ndarray]] = {"relay": [], "node": []}
+    sent_n = {"relay": 0, "node": 0}
+    index = 0
+    for rnd in range(rounds):
+        for kind in ("relay", "node"):
+            if kind == "relay":
+                proc = NodeProcess(command=[sys.executable, "-c", RELAY], log_path=f"/tmp/bench_node_relay_{os.getpid()}.log")
+                out = {"relay/image": Image}
+            else:
+                proc = NodeProcess(
+                    {"backend": "passthrough", "qos_reliability": "reliable"},
+                    log_path=f"/tmp/bench_node_node_{os.getpid()}.log",
+                )
+                out = {"restored/image": Image}
+            try:
+                with Probe(INPUTS, out, depth=10) as probe:
+                    if not probe.wait_matched(30, inputs=["image"]):
+                        raise RuntimeError(f"{kind} did not match:\n{proc.output()}")
+                    # Frames with a pose first: the node's pipeline warms up (keyframes, gate).
+                    sent = _stream(probe, msgs, seconds, rate, index)
+                    index += len(sent) + 10
+                    time.sleep(1.0)
+                    ms = _latencies(probe, next(iter(out)), sent)
+                    skip = int(rate)  # first second: discovery and warm-up
+                    lat[kind].append(ms[skip:])
+                    sent_n[kind] += len(sent) - skip
+            finally:
+                proc.close()
+            print(f"  round {rnd + 1} {kind}: p50 {np.percentile(lat[kind][-1], 50):.2f} ms", flush=True)
+    relay, node = np.concatenate(lat["relay"]), np.concatenate(lat["node"])
+    return {
+        "rate_hz": rate,
+        "seconds_per_round": seconds,
+        "rounds": rounds,
+        "relay": _summary(relay, sent_n["relay"]),
+        "node_passthrough": _summary(node, sent_n["node"]),
+        "added_p50_ms": round(float(np.percentile(node, 50) - np.percentile(relay, 50)), 3),
+        "added_mean_ms": round(float(node.mean() - relay.mean()), 3),
+        "goal_added_ms": 1.0,
+    }
+
+
+def bench_fusion(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: float, budget_s: float) -> dict[str, Any]:
+    proc = NodeProcess(
+        {"backend": "fusion", "num_views": 4, "qos_reliability": "reliable", "min_translation": 0.0, "latency_budget_s": budget_s},
+        log_path=f"/tmp/bench_node_fusion_{os.getpid()}.log",
+    )
+    try:
+        out = {"restored/image": Image, "keyframe_set": KeyframeSet, "status": RestoreStatus}
+        with Probe(INPUTS, out, depth=10) as probe:
+            if not probe.wait_matched(30):
+                raise RuntimeError(proc.output())
+            t0 = time.monotonic()
+            sent = _stream(probe, msgs, seconds, rate, 0)
+            wall = time.monotonic() - t0
+            time.sleep(3.0)
+            e2e = _latencies(probe, "restored/image", sent)
+            sets = [r.msg for r in probe.get("keyframe_set")]
+            status = probe.get("status")[-1].msg
+    finally:
+        proc.close()
+    restored = [k for k in sets if k.outcome == KeyframeSet.OUTCOME_RESTORED]
+    reasons: dict[str, int] = {}
+    for k in sets:
+        if k.outcome != KeyframeSet.OUTCOME_RESTORED:
+            reasons[k.reason] = reasons.get(k.reason, 0) + 1
+    call = np.array([k.latency_ms for k in restored])
+    target_e2e = np.array([k.end_to_end_ms for k in restored])
+    views = [len(k.views) for k in restored]
+    return {
+        "rate_hz": rate,
+        "latency_budget_s": budget_s,
+        "seconds": seconds,
+        "frames_sent": len(sent),
+        "frames_out": int(e2e.size),
+        "output_rate_hz": round(e2e.size / wall, 2),
+        "all_frames_send_to_receive_ms": _summary(e2e, len(sent)),
+        "targets": len(sets),
+        "restored": len(restored),
+        "passed_through_by_reason": reasons,
+        "restored_per_s": round(len(restored) / wall, 2),
+        "views_per_set_mean": round(float(np.mean(views)), 2) if views else None,
+        "restore_call_ms_p50": round(float(np.percentile(call, 50)), 1) if call.size else None,
+        "restore_call_ms_p90": round(float(np.percentile(call, 90)), 1) if call.size else None,
+        "target_arrival_to_publish_ms_p50": round(float(np.percentile(target_e2e, 50)), 1) if call.size else None,
+        "target_arrival_to_publish_ms_p90": round(float(np.percentile(target_e2e, 90)), 1) if call.size else None,
+        "node_status": {"received": status.images_received, "published": status.images_published, "dropped": status.dropped_total},
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=10.0, help="per measurement round")
+    ap.add_argument("--rate", type=float, default=20.0, help="input frame rate, Hz")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--budget", type=float, default=1.0, help="latency_budget_s of the fusion run")
+    ap.add_argument("--only-fusion", action="store_true")
+    args = ap.parse_args()
+    print("generating 640x480 frames ...", flush=True)
+    frames = target_rich_frames(12, 640, 480)
+    msgs = [frame_messages(f) for f in frames]
+    added = None
+    if not args.only_fusion:
+        print("added latency, passthrough vs bare relay:", flush=True)
+        added = bench_added_latency(msgs, args.seconds, args.rate, args.rounds)
+        print(json.dumps({k: v for k, v in added.items() if not isinstance(v, dict)}), flush=True)
+    print("fusion backend, 4 views:", flush=True)
+    fusion = bench_fusion(msgs, args.seconds * 2, 10.0, args.budget)
+    if added is None:
+        print(json.dumps(fusion, indent=2))
+        return 0
+    result = {
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
+        "image": "640x480 rgb8",
+        "added_latency_passthrough": added,
+        "fusion_4_views": fusion,
+        "note": "2 shared CPU cores; other jobs ran at the same time, so absolute numbers are noisy",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(fusion, indent=2))
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
