@@ -208,3 +208,8 @@ def test_launch_file_declares_the_documented_arguments(repo_root: Path) -> None:
     for name in ast.literal_eval(overrides.value):
         assert name in P.SPECS and name in declared, name
     assert "generate_launch_description" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+
+def test_readme_parameter_table_is_current(repo_root: Path) -> None:
+    readme = (repo_root / "README.md").read_text()
+    assert P.markdown_table() in readme, "regenerate with: python -m sirdiff_ros.ros.params --markdown"
