@@ -50,6 +50,7 @@ __all__ = [
     "blur_extent_px",
     "generate_sequence",
     "sample_view_set",
+    "is_heldout_seed",
 ]
 
 FRAME_ID = "camera_optical"

@@ -118,9 +118,20 @@ class Texture:
 
 
 def _pyramid(image: np.ndarray, min_size: int = 8) -> tuple[np.ndarray, ...]:
+    """Mip levels by exact 2x2 area halving (after a light blur against aliasing).
+
+    Area halving keeps texel centres where the renderer's mapping expects them
+    (level-L texel i is centred on level-0 coordinate 2^L (i + 0.5) - 0.5);
+    ``cv2.pyrDown`` centres its kernel on even pixels and would shift each
+    level by half a texel. Halving stops at an odd side.
+    """
     levels = [np.ascontiguousarray(image)]
-    while min(levels[-1].shape[:2]) >= 2 * min_size:
-        levels.append(cv2.pyrDown(levels[-1]))
+    while True:
+        h, w = levels[-1].shape[:2]
+        if min(h, w) < 2 * min_size or h % 2 or w % 2:
+            break
+        soft = cv2.GaussianBlur(levels[-1], (0, 0), 0.5)
+        levels.append(cv2.resize(soft, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
     for lv in levels:
         lv.setflags(write=False)
     return tuple(levels)
@@ -144,9 +155,10 @@ def photo_texture(name: str, max_size: int = 512) -> Texture:
     if bgr is None:
         raise TextureError(f"cannot read bundled photograph {path}")
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    scale = max_size / max(rgb.shape[:2])
-    if scale < 1.0:
-        rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    # Long side at most max_size, both sides multiples of 32 so 5 mip levels halve exactly.
+    scale = min(1.0, max_size / max(rgb.shape[:2]))
+    h, w = (max(32, int(round(d * scale / 32)) * 32) for d in rgb.shape[:2])
+    rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
     return Texture(name, _pyramid(rgb))
 
 
