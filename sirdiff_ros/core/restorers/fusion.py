@@ -57,15 +57,18 @@ class FusionConfig:
 
     work_scale: float = 0.5  # resolution of flow, checks and weight maps
     use_depth: bool = True  # reprojection when the target has depth and poses
-    refine_flow: bool = True  # residual DIS flow on top of the reprojection (pose/depth errors)
+    refine_flow: bool = True  # depth path: residual flow (pose errors); flow path: re-blurred second pass
     max_refine_px: float = 8.0  # refinements moving the alignment further are discarded
     refine_margin: float = 1.0  # grey levels of residual a refinement must gain to replace the initial flow
     dis_preset: str = "medium"  # "ultrafast" | "fast" | "medium"
     min_global_ratio: float = 1.05  # partner's sharpness / target's to consider it
     fb_threshold: float = 1.0  # forward-backward error (px) at full trust ... x2 = none
-    depth_tolerance: float = 0.05  # relative z difference for the occlusion test
+    depth_tolerance: float = 0.05  # relative z difference of the same-surface (occlusion) test
     photo_abs: float = 6.0  # grey levels of residual tolerated everywhere
     photo_px: float = 1.0  # ... plus this many pixels of misalignment at the local gradient
+    structure_std: float = 3.0  # grey-level std above which the target counts as textured ...
+    ncc_sigma: float = 4.0  # window of the correlation (px)
+    ncc_min: float = 0.3  # ... and the aligned partner must correlate above this (full trust at (1+ncc_min)/2)
     sharper_ratio: float = 1.1  # local sharpness gain where a partner starts to count
     full_ratio: float = 1.5  # gain where it counts fully
     sharpness_sigma: float = 3.0  # neighbourhood of the local sharpness (px)
@@ -168,6 +171,28 @@ def _reprojection_flow(target: Frame, partner: Frame, size: tuple[int, int]) -> 
     return flow, z.astype(np.float32), valid
 
 
+def _local_ncc(a: np.ndarray, b: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian-windowed normalised cross-correlation of a and b, and b's local std."""
+
+    def g(x: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(x, (0, 0), sigma)
+
+    ma, mb = g(a), g(b)
+    va = np.maximum(g(a * a) - ma * ma, 0.0)
+    vb = np.maximum(g(b * b) - mb * mb, 0.0)
+    cov = g(a * b) - ma * mb
+    return cov / (np.sqrt(va * vb) + 1e-3), np.sqrt(vb)
+
+
+def _checked_flow(dis: Any, t8: np.ndarray, p8: np.ndarray, fb_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """DIS flow target -> partner and its forward-backward trust (1 under the
+    threshold, 0 at twice it)."""
+    flow = dis.calc(t8, p8, None)
+    back_at, _ = _warp(dis.calc(p8, t8, None), flow)
+    fb = np.linalg.norm(flow + back_at, axis=-1)
+    return flow, np.clip(2.0 - fb / fb_threshold, 0.0, 1.0).astype(np.float32)
+
+
 def align_partner(
     target: Frame,
     partner: Frame,
@@ -199,15 +224,21 @@ def align_partner(
         trust *= valid
         if partner.depth is not None:
             pdw, _ = _warp(_resize(partner.depth.astype(np.float32), (w, h)), flow)
-            # Occluded in the partner: something closer than our point is there.
-            trust *= ~((pdw > 0) & (z > pdw * (1.0 + config.depth_tolerance)))
+            # The partner must see the same surface: something closer there means
+            # occlusion, something farther means our point is missing there
+            # (it moved, or the target's depth is wrong).
+            trust *= ~((pdw > 0) & (np.abs(z - pdw) > pdw * config.depth_tolerance))
     else:
-        flow = dis.calc(t8, m8, None)
-        back_at, _ = _warp(dis.calc(m8, t8, None), flow)
-        fb = np.linalg.norm(flow + back_at, axis=-1)
-        # Full trust under fb_threshold, none at twice it.
-        trust *= np.clip(2.0 - fb / config.fb_threshold, 0.0, 1.0)
+        flow, fb_trust = _checked_flow(dis, t8, m8, config.fb_threshold)
         method = "flow"
+        if config.refine_flow:
+            # Second pass against the partner re-blurred with the relative blur
+            # kernel (directional, like the target's) instead of a Gaussian.
+            sharp_w, inside = _warp(pg, flow)
+            k = center_kernel(estimate_kernel(sharp_w, target_grey, (fb_trust > 0.5) & inside, config.kernel_size))
+            flow, fb_trust = _checked_flow(dis, t8, np.clip(reblur(pg, k), 0, 255).astype(np.uint8), config.fb_threshold)
+            method += "+reblur"
+        trust *= fb_trust
     if config.refine_flow and geometric:
         # 2. Refinement: residual flow from the target to the partner pre-warped
         # by the current alignment (corrects pose and depth errors), composed
@@ -231,12 +262,28 @@ def align_partner(
     # misalignment cannot hide in a shifted kernel) against the target.
     kernel = center_kernel(estimate_kernel(sharp_w, target_grey, trust > 0.5, config.kernel_size))
     matched = reblur(sharp_w, kernel)
-    res = cv2.GaussianBlur(np.abs(matched - target_grey), (0, 0), 1.5)
+    if target.image.ndim == 3 and partner.image.ndim == 3:
+        # In colour (after an exposure gain): different content of similar
+        # brightness, e.g. an object that moved in, differs in hue.
+        tc = _resize(target.image.astype(np.float32), (w, h))
+        pc = reblur(_warp(_resize(partner.image.astype(np.float32), (w, h)), flow)[0], kernel)
+        pc = pc * _exposure_gain(tc, pc, trust > 0.5)
+        diff = np.abs(pc - tc).max(axis=2)
+    else:
+        diff = np.abs(matched - target_grey)
+    res = cv2.GaussianBlur(diff, (0, 0), 1.5)
     # A misalignment of d pixels leaves a residual of about d * |grad target|:
     # the tolerance is photo_px pixels of that, plus a floor for noise.
-    grad = np.sqrt(local_sharpness(target_grey, 1.5)) / 4.0  # Sobel gain 4 -> grey levels per pixel
+    grad = np.sqrt(local_sharpness(target_grey, 1.5)) / 8.0  # 3x3 Sobel gain 8 -> grey levels per pixel
     tol = config.photo_abs + config.photo_px * grad
     trust *= np.clip(2.0 - res / tol, 0.0, 1.0)
+    # Structure check: where the target has texture, the re-blurred partner
+    # must correlate with it (different content - a moved object, an
+    # occluder - correlates ~0 even when its residual is small).
+    ncc, std_t = _local_ncc(matched, target_grey, config.ncc_sigma)
+    structured = std_t > config.structure_std
+    ok = np.clip((ncc - config.ncc_min) / (1.0 - config.ncc_min) * 2.0, 0.0, 1.0)
+    trust *= np.where(structured, ok, 1.0)
     return Alignment(flow, trust.astype(np.float32), matched, method)
 
 
