@@ -2,9 +2,9 @@
 
 Publishes 640x480 rgb8 ``sensor_msgs/Image`` messages (921,600 bytes) from one
 process to another over Fast DDS with localhost discovery and reports the
-latency (receive time - header stamp; one host, one clock), once with Fast
-DDS defaults and once with the project's profile (16 MB shared-memory
-segment). It also reads the packet counters of every non-loopback interface
+latency (receive time - header stamp; one host, one clock) and how many
+arrive, with Fast DDS defaults and with the project's profile (16 MB
+shared-memory segment), for reliable and for sensor-data (best effort) QoS. It also reads the packet counters of every non-loopback interface
 before and after each run: they must not move because of us (the counters
 are machine-wide, so other processes can add packets; zero is conclusive).
 
@@ -42,14 +42,21 @@ def _tx_packets_off_loopback() -> int:
     return total
 
 
-def _publisher(n: int, rate_hz: float, width: int, height: int) -> None:
+def _qos(name: str) -> Any:
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+    if name == "sensor_data":  # best effort, depth 5: what camera drivers publish
+        return qos_profile_sensor_data
+    return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def _publisher(n: int, rate_hz: float, width: int, height: int, qos: str) -> None:
     import rclpy
-    from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
     rclpy.init()
     node = rclpy.create_node("foundation_bench_pub")
-    pub = node.create_publisher(Image, TOPIC, qos_profile_sensor_data)
+    pub = node.create_publisher(Image, TOPIC, _qos(qos))
     deadline = time.monotonic() + 30
     while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -67,9 +74,8 @@ def _publisher(n: int, rate_hz: float, width: int, height: int) -> None:
     rclpy.shutdown()
 
 
-def _subscriber(n: int, timeout_s: float) -> None:
+def _subscriber(n: int, timeout_s: float, qos: str) -> None:
     import rclpy
-    from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
     rclpy.init()
@@ -80,7 +86,7 @@ def _subscriber(n: int, timeout_s: float) -> None:
         sent = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
         lat_ms.append((time.time_ns() - sent) / 1e6)
 
-    node.create_subscription(Image, TOPIC, cb, qos_profile_sensor_data)
+    node.create_subscription(Image, TOPIC, cb, _qos(qos))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and len(lat_ms) < n:
         rclpy.spin_once(node, timeout_sec=0.05)
@@ -89,7 +95,7 @@ def _subscriber(n: int, timeout_s: float) -> None:
     rclpy.shutdown()
 
 
-def run_pair(profile: bool, n: int, rate_hz: float, width: int, height: int) -> dict[str, Any]:
+def run_pair(profile: bool, qos: str, n: int, rate_hz: float, width: int, height: int) -> dict[str, Any]:
     env = dict(os.environ)
     env.setdefault("ROS_DOMAIN_ID", "57")
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -100,8 +106,8 @@ def run_pair(profile: bool, n: int, rate_hz: float, width: int, height: int) -> 
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(PROFILE)
     me = [sys.executable, __file__]
     tx0 = _tx_packets_off_loopback()
-    sub = subprocess.Popen(me + ["--role", "sub", "-n", str(n)], env=env, stdout=subprocess.PIPE, text=True)
-    pub = subprocess.Popen(me + ["--role", "pub", "-n", str(n), "--rate", str(rate_hz),
+    sub = subprocess.Popen(me + ["--role", "sub", "--qos", qos, "-n", str(n)], env=env, stdout=subprocess.PIPE, text=True)
+    pub = subprocess.Popen(me + ["--role", "pub", "--qos", qos, "-n", str(n), "--rate", str(rate_hz),
                                  "--width", str(width), "--height", str(height)], env=env)
     pub.wait(timeout=120)
     out, _ = sub.communicate(timeout=120)
@@ -109,6 +115,7 @@ def run_pair(profile: bool, n: int, rate_hz: float, width: int, height: int) -> 
     lat = np.array(json.loads(out.strip().splitlines()[-1]))
     return {
         "profile": str(PROFILE.relative_to(REPO_ROOT)) if profile else None,
+        "qos": qos,
         "sent": n,
         "received": int(lat.size),
         "latency_ms_median": round(float(np.median(lat)), 2) if lat.size else None,
@@ -121,17 +128,22 @@ def run_pair(profile: bool, n: int, rate_hz: float, width: int, height: int) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--role", choices=["pub", "sub"], help=argparse.SUPPRESS)
+    ap.add_argument("--qos", choices=["sensor_data", "reliable"], default="reliable", help=argparse.SUPPRESS)
     ap.add_argument("-n", type=int, default=100, help="images per run")
     ap.add_argument("--rate", type=float, default=20.0, help="publish rate, Hz")
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     args = ap.parse_args()
     if args.role == "pub":
-        return _publisher(args.n, args.rate, args.width, args.height)
+        return _publisher(args.n, args.rate, args.width, args.height, args.qos)
     if args.role == "sub":
-        return _subscriber(args.n, timeout_s=30 + args.n / args.rate)
+        return _subscriber(args.n, timeout_s=30 + args.n / args.rate, qos=args.qos)
 
-    runs = [run_pair(p, args.n, args.rate, args.width, args.height) for p in (False, True)]
+    runs = [
+        run_pair(p, q, args.n, args.rate, args.width, args.height)
+        for q in ("reliable", "sensor_data")
+        for p in (False, True)
+    ]
     result = {
         "bench": "foundation: 640x480 rgb8 image between two processes, Fast DDS, localhost discovery",
         "image_bytes": args.width * args.height * 3,
