@@ -1,0 +1,210 @@
+"""The online pipeline: decisions, gating, restoration outcomes, message fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from sirdiff_ros.core.pipeline import (
+    OUTCOME_PASSED_THROUGH,
+    OUTCOME_RESTORED,
+    PipelineConfig,
+    RestorationPipeline,
+)
+from sirdiff_ros.core.restorers import RestoreRequest, RestoreResult, RestorerError
+from sirdiff_ros.data.synth import generate_sequence
+from sirdiff_ros.interfaces import make_typestore
+
+BLURRED = {12, 20, 27}
+
+
+def smear(img: np.ndarray, length: int = 15) -> np.ndarray:
+    k = np.zeros((length, length), np.float32)
+    k[length // 2, :] = 1.0 / length
+    return cv2.filter2D(img, -1, k, borderType=cv2.BORDER_REFLECT)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """A camera sequence whose images are the sharp renders, with a few keyframes smeared."""
+    out = []
+    for f in generate_sequence(4, 32, 160, 120, subframes=1, speed=0.8, burst_rate=0.0):
+        img = smear(f.extras["sharp"]) if f.seq in BLURRED else f.extras["sharp"]
+        out.append(dataclasses.replace(f, image=img))
+    return out
+
+
+def config() -> PipelineConfig:
+    return PipelineConfig(num_views=4, min_overlap=0.2, blur_ratio=0.6)
+
+
+class FailingRestorer:
+    """A backend that fails like a real one can (out of memory, bad checkpoint)."""
+
+    name = "failing"
+    device = "cpu"
+
+    def restore(self, request: RestoreRequest) -> RestoreResult:
+        raise RestorerError("CUDA out of memory (simulated)")
+
+
+def test_decisions_gate_blurred_keyframes_only(frames):
+    pipe = RestorationPipeline(config(), "passthrough")
+    decisions = [pipe.ingest(f) for f in frames]
+    targets = {d.frame.seq for d in decisions if d.is_target}
+    keyframes = {d.frame.seq for d in decisions if d.is_keyframe}
+    assert BLURRED <= keyframes, "the test frames must be keyframes to be gated"
+    assert targets == BLURRED
+    for d in decisions:
+        if not d.is_keyframe:
+            assert d.reason == "not_keyframe" and not d.is_target
+        elif d.is_target:
+            assert d.reason == "" and d.sharpness < 0.6 * d.reference_sharpness
+        else:
+            assert d.reason in ("sharp", "no_reference")
+    counts = pipe.counts()
+    assert counts["frames"] == len(frames) and counts["targets"] == len(BLURRED)
+    assert counts["keyframes"] == len(keyframes)
+    assert counts["passed.sharp"] + counts.get("passed.no_reference", 0) == len(keyframes) - len(BLURRED)
+
+
+def test_fusion_pipeline_restores_targets_and_passes_the_rest(frames):
+    pipe = RestorationPipeline(config(), "fusion")
+    for f in frames:
+        out = pipe.process(f)
+        if f.seq in BLURRED:
+            gt = f.extras["sharp"]
+            err_before = np.abs(f.image.astype(float) - gt).mean()
+            err_after = np.abs(out.image.astype(float) - gt).mean()
+            print(f"\nframe {f.seq}: {out.reason or 'restored'}, views {len(out.views)}, "
+                  f"overlaps {[round(o, 2) for o in out.overlaps]}, mean abs error {err_before:.2f} -> {err_after:.2f}")
+            assert out.restored and out.reason == ""
+            assert err_after < 0.8 * err_before
+            assert out.views[0] is f and out.target_index == 0 and len(out.views) >= 2
+            assert all(v.stamp_ns < f.stamp_ns for v in out.views[1:])  # causal
+            assert out.sharpness_after[0] > out.sharpness_before[0]
+            assert all(math.isnan(x) for x in out.sharpness_after[1:])
+        else:
+            assert not out.restored and out.image is f.image and out.reason in ("sharp", "not_keyframe", "no_reference")
+
+
+def test_backend_error_degrades_to_passthrough(frames):
+    pipe = RestorationPipeline(config(), FailingRestorer())
+    outs = [pipe.process(f) for f in frames]
+    failed = [o for o in outs if o.decision.is_target]
+    assert {o.frame.seq for o in failed} == BLURRED
+    for o in failed:
+        assert not o.restored and o.reason == "backend_error"
+        assert isinstance(o.error, RestorerError) and o.image is o.frame.image
+        assert o.backend == "failing"
+    assert pipe.counts()["backend_errors"] == len(BLURRED)
+    # A per-call restorer overrides the pipeline's (the node's fallback path).
+    d = RestorationPipeline(config(), FailingRestorer())
+    for f in frames[:13]:
+        dec = d.ingest(f)
+    assert dec.is_target
+    assert d.restore(dec, restorer=RestorationPipeline(config(), "passthrough").restorer).reason == "passthrough"
+
+
+def test_keyframe_set_fields_fill_the_message(frames):
+    pipe = RestorationPipeline(config(), "fusion")
+    out = None
+    for f in frames[:13]:
+        out = pipe.process(f)
+    assert out is not None and out.decision.is_target
+    fields = out.keyframe_set_fields()
+    store = make_typestore()
+    ks_cls = store.types["sirdiff_ros/msg/KeyframeSet"]
+    msg_fields = {f for f in ks_cls.__dataclass_fields__ if f != "__msgtype__" and not f.startswith("OUTCOME_")}
+    assert set(fields) == msg_fields
+    assert (ks_cls.OUTCOME_RESTORED, ks_cls.OUTCOME_PASSED_THROUGH) == (OUTCOME_RESTORED, OUTCOME_PASSED_THROUGH)
+    assert fields["outcome"] == OUTCOME_RESTORED and fields["reason"] == ""
+    assert fields["header"]["stamp"]["sec"] * 10**9 + fields["header"]["stamp"]["nanosec"] == out.frame.stamp_ns
+    assert fields["views"][0]["is_target"] and fields["views"][0]["overlap"] == 1.0
+    q = fields["views"][1]["pose"]["orientation"]
+    assert abs(q["x"] ** 2 + q["y"] ** 2 + q["z"] ** 2 + q["w"] ** 2 - 1.0) < 1e-9
+    # Build the rosbags message from the dict and serialise it: the evaluator's path.
+    t = store.types
+    Time, Header = t["builtin_interfaces/msg/Time"], t["std_msgs/msg/Header"]
+    Pose, Point, Quat = t["geometry_msgs/msg/Pose"], t["geometry_msgs/msg/Point"], t["geometry_msgs/msg/Quaternion"]
+
+    def header(h):
+        return Header(stamp=Time(**h["stamp"]), frame_id=h["frame_id"])
+
+    views = [
+        t["sirdiff_ros/msg/ViewInfo"](header=header(v["header"]),
+                                      pose=Pose(position=Point(**v["pose"]["position"]),
+                                                orientation=Quat(**v["pose"]["orientation"])),
+                                      overlap=v["overlap"], sharpness_before=v["sharpness_before"],
+                                      sharpness_after=v["sharpness_after"], is_target=v["is_target"])
+        for v in fields["views"]
+    ]
+    msg = ks_cls(**{**fields, "header": header(fields["header"]), "target_stamp": Time(**fields["target_stamp"]),
+                    "views": views})
+    raw = store.serialize_cdr(msg, "sirdiff_ros/msg/KeyframeSet")
+    back = store.deserialize_cdr(raw, "sirdiff_ros/msg/KeyframeSet")
+    assert len(back.views) == len(out.views) and back.backend == "fusion"
+    # A passed-through frame fills the same fields with one view.
+    p = pipe.process(frames[13]).keyframe_set_fields()
+    assert p["outcome"] == OUTCOME_PASSED_THROUGH and len(p["views"]) == 1 and p["reason"]
+
+
+def test_ingest_and_restore_from_two_threads(frames):
+    pipe = RestorationPipeline(config(), "fusion")
+    decisions: list = []
+    outcomes: list = []
+    errors: list = []
+    lock = threading.Condition()
+
+    def ingest() -> None:
+        for f in frames:
+            d = pipe.ingest(f)
+            with lock:
+                decisions.append(d)
+                lock.notify()
+        with lock:
+            decisions.append(None)
+            lock.notify()
+
+    def worker() -> None:
+        i = 0
+        try:
+            while True:
+                with lock:
+                    while len(decisions) <= i:
+                        lock.wait()
+                    d = decisions[i]
+                i += 1
+                if d is None:
+                    return
+                outcomes.append(pipe.restore(d))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ingest), threading.Thread(target=worker)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert [o.frame.seq for o in outcomes] == [f.seq for f in frames]
+    assert {o.frame.seq for o in outcomes if o.restored} == BLURRED
+    # Causality holds even though the buffer grew while restoring.
+    for o in outcomes:
+        assert all(v.stamp_ns < o.frame.stamp_ns for v in o.views[1:])
+
+
+def test_bad_configuration_is_rejected():
+    with pytest.raises(ValueError, match="blur_ratio"):
+        PipelineConfig(blur_ratio=1.5)
+    with pytest.raises(ValueError, match="num_views"):
+        PipelineConfig(num_views=0)
+    with pytest.raises(ValueError, match="min_overlap"):
+        PipelineConfig(min_overlap=2.0)
+    with pytest.raises(ValueError, match="unknown restorer"):
+        RestorationPipeline(PipelineConfig(), "no-such-backend")
