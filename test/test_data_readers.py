@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sirdiff_ros.core.frame import Frame
-from sirdiff_ros.core.geometry import Pose, quaternion_to_matrix
+from sirdiff_ros.core.geometry import quaternion_to_matrix
 from sirdiff_ros.data.cli import main as synth_main
 from sirdiff_ros.data.readers import (
     DatasetError,

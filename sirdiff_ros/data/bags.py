@@ -240,21 +240,19 @@ class _Source:
                 raise BagReadError(f"cannot open bag {self.path}: {exc}") from exc
 
     def topics(self) -> dict[str, str]:
-        if self.reader is not None:
-            return {name: info.msgtype for name, info in self.reader.topics.items()}
-        assert self.salvage is not None
-        return mcap_channels(self.salvage)
+        if self.salvage is not None:
+            return mcap_channels(self.salvage)
+        return {name: info.msgtype for name, info in self.reader.topics.items()}
 
     def messages(self, topics: set[str]) -> Iterator[tuple[str, str, int, Any]]:
         try:
-            if self.reader is not None:
+            if self.salvage is not None:
+                for m in scan_mcap(self.salvage, topics):
+                    yield m.topic, m.msgtype, m.log_time_ns, self.store.deserialize_cdr(m.data, m.msgtype)
+            else:
                 conns = [c for c in self.reader.connections if c.topic in topics]
                 for conn, log_ns, raw in self.reader.messages(connections=conns):
                     yield conn.topic, conn.msgtype, log_ns, self.reader.deserialize(raw, conn.msgtype)
-            else:
-                assert self.salvage is not None
-                for m in scan_mcap(self.salvage, topics):
-                    yield m.topic, m.msgtype, m.log_time_ns, self.store.deserialize_cdr(m.data, m.msgtype)
         except Exception as exc:  # truncated chunk, corrupt record, bad CDR
             raise BagReadError(f"bag {self.path} is unreadable past this point: {exc}") from exc
 
@@ -295,7 +293,8 @@ def _detect(types: dict[str, str], image_topic: str | None, info_topic: str | No
             raw = [t for t in camera if t.endswith("/image_raw")]
             camera = raw if len(raw) == 1 else camera
         image_topic = _choose("camera image", camera, None, "image_topic", True)
-    assert image_topic is not None
+        if image_topic is None:  # _choose raises for a required kind; this keeps the type exact
+            raise TopicDetectionError("no camera image topic in the bag; pass image_topic=")
     if info_topic is None:
         info_topic = _choose("CameraInfo", [t for t, m in types.items() if m == CAMERA_INFO], image_topic,
                              "info_topic", require_info)

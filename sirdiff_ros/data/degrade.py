@@ -19,7 +19,6 @@ exposure).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import cv2

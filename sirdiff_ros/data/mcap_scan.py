@@ -36,7 +36,7 @@ def _string(buf: bytes, pos: int) -> tuple[str, int]:
     return buf[pos + 4 : pos + 4 + n].decode(), pos + 4 + n
 
 
-def _decompress(data: bytes, compression: str, size: int) -> bytes:
+def _decompress(data: bytes, compression: str) -> bytes:
     if compression == "":
         return data
     if compression == "zstd":
@@ -52,16 +52,17 @@ def _decompress(data: bytes, compression: str, size: int) -> bytes:
     raise McapTruncatedError(f"unsupported MCAP chunk compression {compression!r}")
 
 
-def _records(bio: BinaryIO | None, buf: bytes | None = None) -> Iterator[tuple[int, bytes]]:
-    """(opcode, body) of each complete record of a stream or an in-memory chunk."""
-    if buf is not None:
-        pos = 0
-        while pos < len(buf):
-            op, n = struct.unpack_from("<BQ", buf, pos)
-            yield op, buf[pos + 9 : pos + 9 + n]
-            pos += 9 + n
-        return
-    assert bio is not None
+def _buffer_records(buf: bytes) -> Iterator[tuple[int, bytes]]:
+    """(opcode, body) of each record of a decompressed chunk (complete by construction)."""
+    pos = 0
+    while pos < len(buf):
+        op, n = struct.unpack_from("<BQ", buf, pos)
+        yield op, buf[pos + 9 : pos + 9 + n]
+        pos += 9 + n
+
+
+def _stream_records(bio: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(opcode, body) of each complete top-level record up to the footer; raises at a cut."""
     while True:
         head = bio.read(9)
         if not head:
@@ -82,14 +83,14 @@ def _flat_records(path: str | Path) -> Iterator[tuple[int, bytes]]:
     with Path(path).open("rb") as bio:
         if bio.read(8) != MAGIC:
             raise McapTruncatedError(f"{path} is not an MCAP file (bad magic)")
-        for op, body in _records(bio):
+        for op, body in _stream_records(bio):
             if op != _OP_CHUNK:
                 yield op, body
                 continue
-            _start, _end, size, _crc = struct.unpack_from("<QQQI", body)
+            # Chunk header: start/end time, uncompressed size (u64 each), crc (u32), then the compression name.
             compression, pos = _string(body, 28)
             (csize,) = struct.unpack_from("<Q", body, pos)
-            yield from _records(None, _decompress(body[pos + 8 : pos + 8 + csize], compression, size))
+            yield from _buffer_records(_decompress(body[pos + 8 : pos + 8 + csize], compression))
 
 
 def _scan(path: str | Path) -> Iterator[tuple[int, str, str, int, bytes]]:

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from ..core.geometry import CameraIntrinsics, Pose
-from .scene import Quad, Scene
+from .scene import Scene
 
 __all__ = ["RenderResult", "Renderer", "render_view", "NEAR_PLANE_M"]
 

@@ -140,12 +140,9 @@ def render_exposure(renderer: Renderer, pose_at: Callable[[float], Pose], exposu
     poses = [pose_at(tau) for tau in taus]
     if all(np.array_equal(p.matrix(), mid_pose.matrix()) for p in poses):
         return srgb_to_linear(mid.image), mid, poses  # the camera did not move: one render is exact
-    acc = None
+    acc = np.zeros(mid.image.shape, np.float32)
     for tau, p in zip(taus, poses):
-        img = mid.image if tau == 0.0 else renderer.render(p).image
-        lin = srgb_to_linear(img)
-        acc = lin if acc is None else acc + lin
-    assert acc is not None
+        acc += srgb_to_linear(mid.image if tau == 0.0 else renderer.render(p).image)
     acc *= np.float32(1.0 / subframes)
     return acc, mid, poses
 
