@@ -105,13 +105,17 @@ class Alignment:
     """A partner aligned to the target at work scale.
 
     ``flow`` (h, w, 2): target pixel -> partner pixel offset; ``trust`` (h, w)
-    in [0, 1]; ``matched`` the blur-matched partner grey warped to the target;
+    in [0, 1]; ``matched`` the partner grey warped to the target and re-blurred
+    like it; ``sharp`` the same without re-blurring; ``gain`` the per-channel
+    exposure gain partner -> target;
     ``method`` "depth" or "flow", with "+refine" when refined.
     """
 
     flow: np.ndarray
     trust: np.ndarray
     matched: np.ndarray
+    sharp: np.ndarray
+    gain: np.ndarray
     method: str
 
 
@@ -267,10 +271,11 @@ def align_partner(
         # brightness, e.g. an object that moved in, differs in hue.
         tc = _resize(target.image.astype(np.float32), (w, h))
         pc = reblur(_warp(_resize(partner.image.astype(np.float32), (w, h)), flow)[0], kernel)
-        pc = pc * _exposure_gain(tc, pc, trust > 0.5)
-        diff = np.abs(pc - tc).max(axis=2)
+        gain = _exposure_gain(tc, pc, trust > 0.5)
+        diff = np.abs(pc * gain - tc).max(axis=2)
     else:
-        diff = np.abs(matched - target_grey)
+        gain = _exposure_gain(target_grey, matched, trust > 0.5)
+        diff = np.abs(matched * gain - target_grey)
     res = cv2.GaussianBlur(diff, (0, 0), 1.5)
     # A misalignment of d pixels leaves a residual of about d * |grad target|:
     # the tolerance is photo_px pixels of that, plus a floor for noise.
@@ -284,7 +289,7 @@ def align_partner(
     structured = std_t > config.structure_std
     ok = np.clip((ncc - config.ncc_min) / (1.0 - config.ncc_min) * 2.0, 0.0, 1.0)
     trust *= np.where(structured, ok, 1.0)
-    return Alignment(flow, trust.astype(np.float32), matched, method)
+    return Alignment(flow, trust.astype(np.float32), matched, sharp_w, gain, method)
 
 
 @register_restorer("fusion")
@@ -335,9 +340,7 @@ class FusionRestorer:
         for j, p in partners:
             al = align_partner(target, p, tg, tg_score, cfg, dis)
             # Local sharpness of the *unblurred* partner, warped to the target.
-            pg = _resize(_grey_f32(p.image), size)
-            pw, _ = _warp(pg, al.flow)
-            ratio = local_sharpness(pw, cfg.sharpness_sigma) / (e_t + 1.0)
+            ratio = local_sharpness(al.sharp, cfg.sharpness_sigma) / (e_t + 1.0)
             gain = np.clip((ratio - cfg.sharper_ratio) / (cfg.full_ratio - cfg.sharper_ratio), 0.0, 1.0)
             wmap = al.trust * gain
             if kernel is not None:
@@ -345,13 +348,13 @@ class FusionRestorer:
             wmap = cv2.GaussianBlur(wmap, (0, 0), cfg.weight_sigma)
             weights.append(wmap)
             flows.append(al.flow)
-            used.append((j, al.method))
+            used.append((j, al.method, al.gain))
         wsum = np.sum(weights, axis=0)
         norm = np.maximum(wsum, 1.0)
         result = img.astype(np.float32)
         tgt_f = result.copy()
         info: dict[str, Any] = {"partners_used": 0, "methods": {}, "mean_weight": {}}
-        for (j, method), wmap, flow in zip(used, weights, flows):
+        for (j, method, gain), wmap, flow in zip(used, weights, flows):
             wn = wmap / norm
             if float(wn.max()) < 1e-3:
                 continue
@@ -362,7 +365,7 @@ class FusionRestorer:
             )
             warped, inside = _warp(views[j].image.astype(np.float32), ff)
             wf = wf * inside
-            warped = warped * _exposure_gain(tgt_f, warped, wf > 0.5)
+            warped *= gain
             if warped.ndim == 3:
                 wf = wf[..., None]
             result += wf * (warped - tgt_f)
