@@ -353,3 +353,33 @@ def test_sigint_during_a_long_restoration_exits_within_2s(tmp_path: Path, small_
         node.close()
     assert rc == 0 and dt < 2.0, (rc, dt, node.output())
     assert "shutting down: received 8" in node.output()
+
+
+def test_late_poses_are_waited_for_and_frames_without_pose_pass_through(tmp_path: Path, small_frames: list[Any]) -> None:
+    node, _ = start_node(tmp_path, pose_wait_s=0.5)
+    frames = small_frames[:16]
+    assert [f.seq for f in frames] == list(range(16))
+    with_pose, without_pose = frames[:12], frames[12:]
+    try:
+        with Probe(INPUTS, OUTPUTS) as probe:
+            assert probe.wait_matched(), node.output()
+            late = None
+            for f in frames:
+                img, info, pose = frame_messages(f)
+                probe.publish("camera_info", info)
+                probe.publish("image", img)
+                if late is not None:
+                    probe.publish("pose", late)  # the SLAM stack's pose of the previous image, one image late
+                late = pose if f.seq < len(with_pose) else None
+                time.sleep(0.05)
+            if late is not None:
+                probe.publish("pose", late)
+            assert probe.wait_for(lambda: settled(probe, len(frames)), 15), node.output()
+            out = [r.stamp_ns for r in probe.get("restored/image")]
+            sets = {r.stamp_ns: r.msg for r in probe.get("keyframe_set")}
+    finally:
+        node.close()
+    assert out == [f.stamp_ns for f in frames]
+    restored = [s for s, k in sets.items() if k.outcome == KeyframeSet.OUTCOME_RESTORED]
+    assert len(restored) >= 3 and max(restored) <= with_pose[-1].stamp_ns
+    assert not set(sets) & {f.stamp_ns for f in without_pose}, "frames without a pose cannot be targets"

@@ -213,3 +213,76 @@ def test_launch_file_declares_the_documented_arguments(repo_root: Path) -> None:
 def test_readme_parameter_table_is_current(repo_root: Path) -> None:
     readme = (repo_root / "README.md").read_text()
     assert P.markdown_table() in readme, "regenerate with: python -m sirdiff_ros.ros.params --markdown"
+
+
+# -- message conversions (rclpy message classes, no DDS) -------------------------------------
+def test_conversions_round_trip_and_classify() -> None:
+    from geometry_msgs.msg import PoseStamped
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import Image
+
+    from sirdiff_ros.core.image_codec import encode_image
+    from sirdiff_ros.ros.convert import (
+        InputRejected,
+        camera_info_to_intrinsics,
+        depth_from_msg,
+        image_from_msg,
+        output_image_msg,
+        pose_from_msg,
+    )
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    src = Image(height=6, width=8, encoding="bgr8")
+    src.header.frame_id, src.header.stamp.sec = "cam", 7
+    src.step, src.data = encode_image(rgb[..., ::-1], "bgr8")
+    assert np.array_equal(image_from_msg(src, 1000), rgb)
+    out = output_image_msg(src, 255 - rgb)  # restored image goes back in the input's encoding
+    assert out.header.frame_id == "cam" and out.header.stamp.sec == 7 and out.encoding == "bgr8"
+    assert np.array_equal(image_from_msg(out, 1000), 255 - rgb)
+
+    depth = Image(height=2, width=2, encoding="16UC1")
+    depth.step, depth.data = encode_image(np.array([[1000, 0], [2500, 65535]], np.uint16), "16UC1")
+    assert np.allclose(depth_from_msg(depth, 100), [[1.0, 0.0], [2.5, 65.535]])
+
+    ps, od = PoseStamped(), Odometry()
+    ps.pose.position.x, ps.pose.orientation.w = 1.5, 1.0
+    od.pose.pose.position.y, od.pose.pose.orientation.z, od.pose.pose.orientation.w = -2.0, 1.0, 0.0
+    assert pose_from_msg(ps, "pose_stamped").translation.tolist() == [1.5, 0.0, 0.0]
+    assert math.degrees(pose_from_msg(od, "odometry").rotation_angle_to(Pose.identity())) == pytest.approx(180.0)
+    ps.pose.orientation.x = math.inf
+    with pytest.raises(InputRejected) as e:
+        pose_from_msg(ps, "pose_stamped")
+    assert e.value.kind == "pose_non_finite"
+    ps.pose.orientation.x = 0.5
+    with pytest.raises(InputRejected) as e:
+        pose_from_msg(ps, "pose_stamped")
+    assert e.value.kind == "pose_bad_quaternion"
+
+    from sensor_msgs.msg import CameraInfo
+
+    info = CameraInfo(width=8, height=6, k=[5.0, 0, 4, 0, 5.0, 3, 0, 0, 1])
+    assert camera_info_to_intrinsics(info).fx == 5.0
+    info.k = [0.0] * 9  # an uncalibrated camera publishes zeros
+    with pytest.raises(InputRejected) as e:
+        camera_info_to_intrinsics(info)
+    assert e.value.kind == "bad_camera_info"
+
+
+def test_keyframe_set_fields_fill_the_message() -> None:
+    from sirdiff_ros.core.pipeline import PipelineConfig, RestorationPipeline
+    from sirdiff_ros.msg import KeyframeSet, ViewInfo
+    from sirdiff_ros.ros.convert import fill_message
+    from sirdiff_ros.ros.probe import target_rich_frames
+    from sirdiff_ros.core.keyframes import KeyframeConfig
+
+    pipe = RestorationPipeline(PipelineConfig(keyframe=KeyframeConfig(min_translation=0.0)), "passthrough")
+    outcomes = [pipe.process(f) for f in target_rich_frames(6, 48, 36)]
+    target = next(o for o in outcomes if o.decision.is_target and len(o.views) > 1)
+    msg = fill_message(KeyframeSet(), target.keyframe_set_fields(), {"views": ViewInfo})
+    assert len(msg.views) == len(target.views) and msg.views[msg.target_index].is_target
+    assert msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == target.frame.stamp_ns
+    assert msg.views[1].pose.orientation.w == pytest.approx(target.views[1].pose.quaternion[3])
+    assert msg.reason == target.reason and msg.outcome == KeyframeSet.OUTCOME_PASSED_THROUGH
+    with pytest.raises(AttributeError, match="no field 'bogus'"):
+        fill_message(KeyframeSet(), {"bogus": 1})
