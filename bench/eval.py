@@ -41,7 +41,8 @@ from sirdiff_ros.evaluation.replay import ReplayConfig, evaluate_bag  # noqa: E4
 
 def usable_backends(requested: list[str] | None) -> tuple[list[str], dict[str, str]]:
     """Backends that can be created here; the others with the reason."""
-    names = requested or available_restorers()
+    preferred = ["passthrough", "fusion", "sirdiff", "sirdiff-single"]
+    names = requested or sorted(available_restorers(), key=lambda n: (preferred + [n]).index(n))
     ok, skipped = [], {}
     for name in names:
         try:
@@ -82,7 +83,14 @@ def main() -> int:
         report = json.loads((report_dir / "report.json").read_text())
         keep = args.out.parent / "eval_report"
         shutil.rmtree(keep, ignore_errors=True)
-        shutil.copytree(report_dir, keep, ignore=shutil.ignore_patterns("restored_bag"))
+        # Keep the readable part (report.json's per-keyframe records and the
+        # full-size crops stay out of the repository).
+        keep.mkdir(parents=True)
+        for name in ("report.md", "gains.png"):
+            shutil.copy(report_dir / name, keep / name)
+        for crop in sorted((report_dir / "crops").glob("*.png")):
+            (keep / "crops").mkdir(exist_ok=True)
+            shutil.copy(crop, keep / "crops" / crop.name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -343,7 +343,7 @@ def _crop_box(cand: CropCandidate, size: int) -> tuple[int, int, int, int]:
     return int(y0), int(x0), ch, cw
 
 
-def _save_crop(cand: CropCandidate, backend: str, path: Path, size: int = 160) -> None:
+def _save_crop(cand: CropCandidate, backend: str, path: Path, size: int = 192) -> None:
     import cv2
 
     y0, x0, ch, cw = _crop_box(cand, size)
@@ -354,8 +354,7 @@ def _save_crop(cand: CropCandidate, backend: str, path: Path, size: int = 160) -
     for label, img in tiles:
         tile = img[y0 : y0 + ch, x0 : x0 + cw]
         tile = cv2.cvtColor(tile, cv2.COLOR_GRAY2RGB) if tile.ndim == 2 else tile.copy()
-        tile = cv2.resize(tile, (cw * 2, ch * 2), interpolation=cv2.INTER_NEAREST)  # 2x: pixels stay visible
-        cv2.putText(tile, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 0), 1, cv2.LINE_AA)
+        cv2.putText(tile, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1, cv2.LINE_AA)
         out.append(tile)
     sep = np.full((out[0].shape[0], 4, 3), 255, np.uint8)
     row = np.concatenate([x for t in out for x in (t, sep)][:-1], axis=1)
