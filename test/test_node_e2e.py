@@ -147,3 +147,21 @@ def test_demo_runs_small_and_reports(tmp_path: Path) -> None:
     assert (out / "report.md").read_text().startswith("# sirdiff_ros demo")
     if report["restored_targets"]:
         assert (out / "demo_grid.png").stat().st_size > 1000
+
+
+def test_cpu_backends_do_not_import_torch() -> None:
+    code = (
+        "import sys, rclpy\n"
+        "from rclpy.context import Context\n"
+        "from rclpy.parameter import Parameter\n"
+        "from sirdiff_ros.ros.restore_node import RestoreNode\n"
+        "ctx = Context(); rclpy.init(context=ctx)\n"
+        "for b in ('passthrough', 'fusion'):\n"
+        "    n = RestoreNode(context=ctx, parameter_overrides=[Parameter('backend', value=b)])\n"
+        "    n.close(); n.destroy_node()\n"
+        "rclpy.shutdown(context=ctx)\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "torch imported: False" in res.stdout
