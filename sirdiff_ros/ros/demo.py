@@ -279,7 +279,7 @@ def _markdown(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sirdiff_ros.ros.demo", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: ./demo_output)")
+    ap.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: ./out/demo)")
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)

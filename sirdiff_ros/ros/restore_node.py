@@ -22,8 +22,8 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -54,7 +54,7 @@ from .convert import (
 )
 from .pose_history import PoseHistory, PoseLookup
 from .sequencer import OutputSequencer
-from .stats import Level, NodeStats, StatsSnapshot
+from .stats import NodeStats, StatsSnapshot
 from .worker import RestoreWorker
 
 __all__ = ["RestoreNode", "StartupError", "main"]
@@ -89,7 +89,6 @@ class _Output:
     restored: bool = False
     reason: str = ""
     keyframe_set: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
