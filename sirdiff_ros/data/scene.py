@@ -169,12 +169,13 @@ def build_scene(seed: int, texture_size: int = 512) -> Scene:
     for k in range(int(rng.integers(2, 5))):
         for _ in range(50):
             w, h = float(rng.uniform(0.5, 1.8)), float(rng.uniform(0.4, 1.4))
+            yaw, tilt = rng.uniform(0, 2 * np.pi), rng.uniform(-0.5, 0.5)
             centre = np.array([rng.uniform(-hx, hx), rng.uniform(-hy, hy), 0.0])
-            if _footprint_ok(centre, w / 2, L, region, 0.3):
+            # Footprint radius: half the width plus how far the tilt leans the panel out.
+            if _footprint_ok(centre, w / 2 + h / 2 * abs(np.sin(tilt)), L, region, 0.3):
                 break
         else:
             continue
-        yaw, tilt = rng.uniform(0, 2 * np.pi), rng.uniform(-0.5, 0.5)
         n = np.array([np.cos(yaw) * np.cos(tilt), np.sin(yaw) * np.cos(tilt), np.sin(tilt)])
         centre[2] = float(rng.uniform(h / 2 + 0.1, L[2] - h / 2 - 0.1))
         for side, tex in ((1.0, pick.any()), (-1.0, pick.any())):
