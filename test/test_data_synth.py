@@ -293,3 +293,17 @@ def test_look_rotation_angles_mean_what_they_say() -> None:
     R = look_rotation(0.4, -0.2, 0.0)
     assert R[:, 0][2] == pytest.approx(0.0, abs=1e-12)  # no roll: the right axis stays horizontal
     np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-12)
+
+
+def test_camera_region_is_free_of_objects() -> None:
+    grid = np.linspace(0.0, 1.0, 21)
+    room = ("floor", "ceiling", "wall")
+    for seed in range(12):
+        scene = build_scene(seed, 64)
+        lo, hi = scene.camera_region
+        objects = [q for q in scene.quads if not q.name.startswith(room)]
+        assert len(objects) >= 10  # boxes and panels were placed
+        for q in objects:
+            pts = np.array([q.point(a, b) for a in grid for b in grid])
+            inside = np.all((pts > lo - 0.1) & (pts < hi + 0.1), axis=1)
+            assert not inside.any(), f"seed {seed}: {q.name} reaches into the camera region"
