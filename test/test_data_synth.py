@@ -307,3 +307,27 @@ def test_camera_region_is_free_of_objects() -> None:
             pts = np.array([q.point(a, b) for a in grid for b in grid])
             inside = np.all((pts > lo - 0.1) & (pts < hi + 0.1), axis=1)
             assert not inside.any(), f"seed {seed}: {q.name} reaches into the camera region"
+
+
+def test_trajectory_speeds_follow_the_configuration() -> None:
+    from sirdiff_ros.data.trajectory import SmoothTrajectory, TrajectoryConfig
+
+    region = (np.array([-1.5, -1.0, 1.0]), np.array([1.5, 1.0, 1.8]))
+    dt = 0.01
+    ts = np.arange(0, 60, dt)
+
+    def rates(cfg: TrajectoryConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        traj = SmoothTrajectory(3, region, cfg, duration_s=60)
+        poses = [traj.pose(t) for t in ts]
+        pos = np.array([p.translation for p in poses])
+        lin = np.linalg.norm(np.diff(pos, axis=0), axis=1) / dt
+        ang = np.array([a.rotation_angle_to(b) for a, b in zip(poses[:-1], poses[1:])]) / dt
+        return pos, lin, ang
+
+    pos, lin, ang = rates(TrajectoryConfig(speed=0.8, angular_speed=0.5, burst_rate=0.0))
+    assert np.all((pos >= region[0] - 1e-9) & (pos <= region[1] + 1e-9))
+    assert lin.mean() == pytest.approx(0.8, rel=0.15)
+    assert math.sqrt(np.mean(ang**2)) == pytest.approx(0.5, rel=0.25)
+    _, _, ang_burst = rates(TrajectoryConfig(speed=0.8, angular_speed=0.1, burst_rate=0.5, burst_speed=3.0))
+    assert ang_burst.max() == pytest.approx(3.0, rel=0.2)  # bursts peak at burst_speed
+    assert np.median(ang_burst) < 0.5  # and stay sparse: most of the time the camera turns slowly

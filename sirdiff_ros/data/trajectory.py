@@ -96,6 +96,9 @@ class SmoothTrajectory:
         self._bang = rng.choice([-1.0, 1.0], size=n) * rng.uniform(0.5, 1.5, size=n) * config.burst_angle
         # Raised-cosine rate profile: peak rate = 2 * angle / duration.
         self._bdur = np.where(config.burst_speed > 0, 2 * np.abs(self._bang) / max(config.burst_speed, 1e-9), 0.0)
+        # One pan at a time: a burst starts no earlier than the previous one ends.
+        for j in range(1, n):
+            self._bt[j] = max(self._bt[j], self._bt[j - 1] + self._bdur[j - 1])
 
     def _dpos(self, tau: np.ndarray) -> np.ndarray:
         om = 2 * np.pi * self._pf
