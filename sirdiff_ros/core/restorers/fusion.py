@@ -35,6 +35,7 @@ observed pixels.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, fields
 from typing import Any
@@ -140,15 +141,28 @@ def _match_blur(partner: np.ndarray, target_score: float) -> tuple[np.ndarray, f
     return best, best_sigma
 
 
-def _warp(img: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sample ``img`` at target pixel + flow; returns (warped, inside mask)."""
-    h, w = flow.shape[:2]
+@functools.lru_cache(maxsize=8)
+def _pixel_grid(h: int, w: int) -> np.ndarray:
+    """(h, w, 2) float32 pixel coordinates (x, y); cached per image size."""
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    mx, my = gx + flow[..., 0], gy + flow[..., 1]
-    ih, iw = img.shape[:2]
-    inside = (mx >= 0) & (mx <= iw - 1) & (my >= 0) & (my <= ih - 1)
-    out = cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out, inside
+    grid = np.stack([gx, gy], axis=-1)
+    grid.flags.writeable = False
+    return grid
+
+
+def _warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """Sample ``img`` at target pixel + flow (bilinear, replicated borders)."""
+    h, w = flow.shape[:2]
+    m = _pixel_grid(h, w) + flow  # (h, w, 2) absolute sample positions
+    return cv2.remap(img, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _inside(flow: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Target pixels whose flow lands inside an image of ``shape``."""
+    h, w = flow.shape[:2]
+    m = _pixel_grid(h, w) + flow
+    mx, my = m[..., 0], m[..., 1]
+    return (mx >= 0) & (mx <= shape[1] - 1) & (my >= 0) & (my <= shape[0] - 1)
 
 
 def _reprojection_flow(target: Frame, partner: Frame, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,8 +206,9 @@ def _checked_flow(dis: Any, t8: np.ndarray, p8: np.ndarray, fb_threshold: float)
     """DIS flow target -> partner and its forward-backward trust (1 under the
     threshold, 0 at twice it)."""
     flow = dis.calc(t8, p8, None)
-    back_at, _ = _warp(dis.calc(p8, t8, None), flow)
-    fb = np.linalg.norm(flow + back_at, axis=-1)
+    back_at = _warp(dis.calc(p8, t8, None), flow)
+    d = flow + back_at
+    fb = cv2.magnitude(d[..., 0], d[..., 1])
     return flow, np.clip(2.0 - fb / fb_threshold, 0.0, 1.0).astype(np.float32)
 
 
@@ -227,7 +242,7 @@ def align_partner(
         method = "depth"
         trust *= valid
         if partner.depth is not None:
-            pdw, _ = _warp(_resize(partner.depth.astype(np.float32), (w, h)), flow)
+            pdw = _warp(_resize(partner.depth.astype(np.float32), (w, h)), flow)
             # The partner must see the same surface: something closer there means
             # occlusion, something farther means our point is missing there
             # (it moved, or the target's depth is wrong).
@@ -238,7 +253,7 @@ def align_partner(
         if config.refine_flow:
             # Second pass against the partner re-blurred with the relative blur
             # kernel (directional, like the target's) instead of a Gaussian.
-            sharp_w, inside = _warp(pg, flow)
+            sharp_w, inside = _warp(pg, flow), _inside(flow, pg.shape)
             k = center_kernel(estimate_kernel(sharp_w, target_grey, (fb_trust > 0.5) & inside, config.kernel_size))
             flow, fb_trust = _checked_flow(dis, t8, np.clip(reblur(pg, k), 0, 255).astype(np.uint8), config.fb_threshold)
             method += "+reblur"
@@ -247,20 +262,20 @@ def align_partner(
         # 2. Refinement: residual flow from the target to the partner pre-warped
         # by the current alignment (corrects pose and depth errors), composed
         # with it; residuals beyond max_refine_px are discarded.
-        pre, _ = _warp(mg, flow)
+        pre = _warp(mg, flow)
         r = dis.calc(t8, np.clip(pre, 0, 255).astype(np.uint8), None)
-        r[np.linalg.norm(r, axis=-1) >= config.max_refine_px] = 0.0
-        refined = r + _warp(flow, r)[0]
+        r[cv2.magnitude(r[..., 0], r[..., 1]) >= config.max_refine_px] = 0.0
+        refined = r + _warp(flow, r)
         # Per pixel, blend the two by how well each explains the target (soft
         # minimum of the local residual: a smooth flow, no switching seams).
-        res = np.stack([cv2.GaussianBlur(np.abs(_warp(mg, f)[0] - target_grey), (0, 0), 3.0) for f in (flow, refined)])
+        res = np.stack([cv2.GaussianBlur(np.abs(_warp(mg, f) - target_grey), (0, 0), 3.0) for f in (flow, refined)])
         res[1] += config.refine_margin  # the refinement must explain the target better to win
         wts = np.exp(-(res - res.min(axis=0)) / 2.0)  # (2, h, w)
         wts /= wts.sum(axis=0)
         flow = (wts[0, ..., None] * flow + wts[1, ..., None] * refined).astype(np.float32)
         method += "+refine"
-    sharp_w, inside = _warp(pg, flow)
-    trust *= inside
+    sharp_w = _warp(pg, flow)
+    trust *= _inside(flow, pg.shape)
     # 3. Photometric check: the aligned partner re-blurred with the relative
     # blur kernel (estimated on trusted pixels and centred, so that a
     # misalignment cannot hide in a shifted kernel) against the target.
@@ -270,7 +285,7 @@ def align_partner(
         # In colour (after an exposure gain): different content of similar
         # brightness, e.g. an object that moved in, differs in hue.
         tc = _resize(target.image.astype(np.float32), (w, h))
-        pc = reblur(_warp(_resize(partner.image.astype(np.float32), (w, h)), flow)[0], kernel)
+        pc = reblur(_warp(_resize(partner.image.astype(np.float32), (w, h)), flow), kernel)
         gain = _exposure_gain(tc, pc, trust > 0.5)
         diff = np.abs(pc * gain - tc).max(axis=2)
     else:
@@ -351,8 +366,9 @@ class FusionRestorer:
             used.append((j, al.method, al.gain))
         wsum = np.sum(weights, axis=0)
         norm = np.maximum(wsum, 1.0)
-        result = img.astype(np.float32)
-        tgt_f = result.copy()
+        tgt_f = img.astype(np.float32)
+        acc = np.zeros_like(tgt_f)  # sum_j w_j * gain_j * warped_j
+        wtot = np.zeros((H, W), np.float32)  # sum_j w_j
         info: dict[str, Any] = {"partners_used": 0, "methods": {}, "mean_weight": {}}
         for (j, method, gain), wmap, flow in zip(used, weights, flows):
             wn = wmap / norm
@@ -363,27 +379,32 @@ class FusionRestorer:
             ff = cv2.resize(flow, (W, H), interpolation=cv2.INTER_LINEAR) * np.array(
                 [W / size[0], H / size[1]], np.float32
             )
-            warped, inside = _warp(views[j].image.astype(np.float32), ff)
-            wf = wf * inside
-            warped *= gain
+            warped = _warp(views[j].image, ff)  # uint8 remap: less memory traffic
+            # Smoothed weights reach a few pixels past the partner's border: cut there.
+            wf *= _inside(ff, views[j].image.shape)
             if warped.ndim == 3:
-                wf = wf[..., None]
-            result += wf * (warped - tgt_f)
+                acc += cv2.merge([wf * float(g) for g in np.atleast_1d(gain)]) * warped
+            else:
+                acc += (wf * float(gain)) * warped
+            wtot += wf
             info["partners_used"] += 1
             info["methods"][j] = method
             info["mean_weight"][j] = float(np.mean(wn))
         if info["partners_used"] == 0:
             return RestoredView(ti, img, False, "no_trustworthy_partner", info)
         info["replaced_fraction"] = float(np.mean(np.minimum(wsum, 1.0)))
+        keep = 1.0 - wtot
+        result = acc + (keep[..., None] if tgt_f.ndim == 3 else keep) * tgt_f
         out = np.clip(np.rint(result), 0, 255).astype(np.uint8)
         return RestoredView(ti, out, True, "", info)
 
 
 def _exposure_gain(target: np.ndarray, warped: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per-channel gain mapping the partner's exposure onto the target's (trusted pixels)."""
-    if int(mask.sum()) < 64:
-        return np.ones(target.shape[2] if target.ndim == 3 else 1, np.float32).squeeze()
-    t = target[mask].reshape(-1, target.shape[2] if target.ndim == 3 else 1)
-    p = warped[mask].reshape(t.shape)
-    g = (t.sum(axis=0) + 1.0) / (p.sum(axis=0) + 1.0)
-    return np.clip(g, 0.5, 2.0).astype(np.float32).squeeze()
+    n = target.shape[2] if target.ndim == 3 else 1
+    m8 = mask.astype(np.uint8)
+    if cv2.countNonZero(m8) < 64:
+        return np.ones(n, np.float32).squeeze()
+    t = np.array(cv2.mean(target, mask=m8)[:n])
+    p = np.array(cv2.mean(warped, mask=m8)[:n])
+    return np.clip((t + 1.0) / (p + 1.0), 0.5, 2.0).astype(np.float32).squeeze()
