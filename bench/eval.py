@@ -83,14 +83,11 @@ def main() -> int:
         report = json.loads((report_dir / "report.json").read_text())
         keep = args.out.parent / "eval_report"
         shutil.rmtree(keep, ignore_errors=True)
-        # Keep the readable part (report.json's per-keyframe records and the
-        # full-size crops stay out of the repository).
+        # Keep the readable part; report.json's per-keyframe records and the
+        # crops stay out of the repository (docs/images/eval_crops.png is one).
         keep.mkdir(parents=True)
         for name in ("report.md", "gains.png"):
             shutil.copy(report_dir / name, keep / name)
-        for crop in sorted((report_dir / "crops").glob("*.png")):
-            (keep / "crops").mkdir(exist_ok=True)
-            shutil.copy(crop, keep / "crops" / crop.name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -32,7 +32,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
@@ -45,7 +45,7 @@ from ..core.pipeline import FrameDecision, PipelineConfig, RestorationOutcome, R
 from ..core.restorers import Restorer, create_restorer
 from .mapping import MappingError, MappingOptions, MappingView, run_mapping
 from .metrics import Features, detect_features, match_features, psnr, reprojection_consistency, sharpness, ssim
-from .report import INPUT, CropCandidate, EvaluationResult, KeyframeRecord, keyframe_gain
+from .report import GAIN_TOLERANCE, INPUT, CropCandidate, EvaluationResult, KeyframeRecord, keyframe_gain
 
 __all__ = ["ReplayConfig", "OutcomeSink", "Replay", "evaluate_frames", "evaluate_bag", "degrade_stream"]
 
@@ -88,13 +88,9 @@ class ReplayConfig:
     def pipeline_config(self) -> PipelineConfig:
         if self.num_views is None:
             return self.pipeline
-        from dataclasses import replace
-
         return replace(self.pipeline, num_views=self.num_views)
 
     def as_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         pc = self.pipeline_config()
         return {
             "backends": list(self.backends),
@@ -335,8 +331,6 @@ class Replay:
     def _update_crops(
         self, record: KeyframeRecord, frame: Frame, outcomes: dict[str, RestorationOutcome], sharp: np.ndarray | None
     ) -> None:
-        from .report import GAIN_TOLERANCE
-
         tol = GAIN_TOLERANCE["psnr" if sharp is not None else "sharpness"]
         for name, out in outcomes.items():
             gain = keyframe_gain(record.streams[INPUT], record.streams[name])
