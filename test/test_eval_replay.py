@@ -224,3 +224,23 @@ def test_params_file_gives_the_nodes_pipeline(repo_root: Path, tmp_path: Path) -
     custom.write_text("/**:\n  ros__parameters:\n    blur_ratio: 7.0\n")
     with pytest.raises(ValueError, match="blur_ratio"):
         pipeline_from_params_file(custom)
+
+
+def test_real_rgbd_frames_degraded_for_ground_truth_without_depth(shared_data: Path, tmp_path: Path) -> None:
+    """Real Kinect frames written to a bag *without* depth, blurred by the
+    degrader: PSNR against the originals exists, photometric consistency
+    cannot (no depth) and the epipolar error of matches stands in for it."""
+    from sirdiff_ros.data.bags import DEFAULT_TOPICS
+    from sirdiff_ros.data.readers.shared import read_slambook_rgbd
+
+    bag = tmp_path / "slambook"
+    frames = list(read_slambook_rgbd(shared_data / "slambook2_rgbd"))
+    write_frames_bag(bag, frames, topics=DEFAULT_TOPICS._replace(gt=None, depth=None))
+    code = eval_main([str(bag), "--out", str(tmp_path / "out"), "--degrade", "1", "--no-mapping", "--quiet"])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["summary"]["ground_truth"] and report["topics"]["depth"] is None
+    inp = report["backends"]["input"]
+    assert inp["n_psnr"] >= 1 and inp["psnr"] < 35.0  # the blurred frames, against their originals
+    assert inp["consistency"] is None and inp["n_consistency"] == 0
+    assert inp["epipolar_px"] is not None and inp["epipolar_px"] < 20.0
