@@ -164,15 +164,17 @@ def visibility(grid: OverlapGrid, cameras: CameraStack) -> np.ndarray:
     D, G, _ = grid.points.shape
     if len(cameras) == 0:
         return np.zeros((0, G))
-    pts = grid.points.reshape(-1, 3)  # (D*G, 3)
-    # (M, 3, 3) x (D*G, 3) -> (M, D*G, 3) points in each candidate camera
-    pc = np.einsum("mij,pj->mpi", cameras.R_cw, pts) + cameras.t_cw[:, None, :]
-    z = pc[..., 2]
+    M = len(cameras)
+    pts = grid.points.reshape(-1, 3).T  # (3, D*G)
+    # One GEMM: (M*3, 3) @ (3, D*G) -> (M, 3, D*G), the points in each candidate camera
+    pc = (cameras.R_cw.reshape(M * 3, 3) @ pts).reshape(M, 3, -1) + cameras.t_cw[:, :, None]
+    z = pc[:, 2]
     fx, fy, cx, cy, w, h = (cameras.k[:, i : i + 1] for i in range(6))
     in_front = z > 1e-6
     with np.errstate(divide="ignore", invalid="ignore"):
-        u = fx * pc[..., 0] / z + cx
-        v = fy * pc[..., 1] / z + cy
+        inv_z = 1.0 / z
+        u = fx * pc[:, 0] * inv_z + cx
+        v = fy * pc[:, 1] * inv_z + cy
     inside = in_front & (u >= -0.5) & (u < w - 0.5) & (v >= -0.5) & (v < h - 0.5)
     inside = inside.reshape(len(cameras), D, G) & grid.valid[None]
     n_valid = grid.valid.sum(axis=0)  # (G,)

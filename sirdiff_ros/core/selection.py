@@ -6,7 +6,8 @@ target's image well, preferring sharp ones and avoiding near-duplicates:
 1. Candidates: keyframes stamped strictly before the target (online and
    causal; the target itself is never its own partner).
 2. Screening (linear in the buffer size): a coarse overlap estimate of every
-   candidate (4x3 cells, 2 depths); the ``prefilter`` best go on.
+   candidate (3x3 cells at the middle of ``depth_range`` in inverse depth);
+   the ``prefilter`` best go on.
 3. Fine overlap: per-cell visibility on the ``grid`` (default 16x12 cells,
    ``n_depths`` depth samples, or the target's depth image) via
    :mod:`sirdiff_ros.core.overlap`; candidates under ``min_overlap`` drop out.
@@ -141,7 +142,7 @@ def select_views(
     cand = cand[::-1]
     cams = snap.cameras.subset(cand)
     # 2. coarse screening of every candidate.
-    coarse = target_grid(target.pose, target.intrinsics, (4, 3), cfg.depth_range, 2, None)
+    coarse = target_grid(target.pose, target.intrinsics, (3, 3), cfg.depth_range, 1, None)
     coarse_ov = visibility(coarse, cams).mean(axis=1)  # (M,)
     keep = np.flatnonzero(coarse_ov > 0)
     if keep.size > cfg.prefilter:
