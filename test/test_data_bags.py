@@ -187,3 +187,65 @@ def test_mcap_scan_matches_rosbags_on_a_complete_file(tmp_path: Path, frames: li
     (tmp_path / "x.mcap").write_bytes(b"not mcap")
     with pytest.raises(McapTruncatedError, match="bad magic"):
         list(scan_mcap(tmp_path / "x.mcap"))
+
+
+def test_compressed_images_odometry_and_16bit_depth(tmp_path: Path, frames: list[Frame]) -> None:
+    """A typical robot bag: CompressedImage (PNG), Odometry poses, 16UC1 depth in millimetres."""
+    import cv2
+    from rosbags.rosbag2 import Writer
+
+    from sirdiff_ros.core.image_codec import encode_image
+
+    store = make_typestore()
+    T = store.types
+    bag = tmp_path / "robot"
+    with Writer(bag, version=9) as w:
+        conns = {
+            topic: w.add_connection(topic, msgtype, typestore=store)
+            for topic, msgtype in (
+                ("/cam/image_raw/compressed", "sensor_msgs/msg/CompressedImage"),
+                ("/cam/camera_info", "sensor_msgs/msg/CameraInfo"),
+                ("/odom", "nav_msgs/msg/Odometry"),
+                ("/cam/depth/image_raw", "sensor_msgs/msg/Image"),
+            )
+        }
+        for f in frames:
+            stamp = T["builtin_interfaces/msg/Time"](sec=5, nanosec=f.stamp_ns)
+            hdr = T["std_msgs/msg/Header"](stamp=stamp, frame_id="cam")
+            ok, png = cv2.imencode(".png", cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
+            assert ok
+            msg = T["sensor_msgs/msg/CompressedImage"](header=hdr, format="rgb8; png compressed bgr8",
+                                                       data=np.frombuffer(png.tobytes(), np.uint8))
+            K = f.intrinsics
+            info = T["sensor_msgs/msg/CameraInfo"](
+                header=hdr, height=K.height, width=K.width, distortion_model="plumb_bob", d=np.zeros(5),
+                k=K.K.reshape(-1), r=np.eye(3).reshape(-1), p=np.zeros(12), binning_x=0, binning_y=0,
+                roi=T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+            g = "geometry_msgs/msg/"
+            p, q = f.pose.translation, f.pose.quaternion
+            pose = T[g + "PoseWithCovariance"](
+                pose=T[g + "Pose"](position=T[g + "Point"](x=p[0], y=p[1], z=p[2]),
+                                   orientation=T[g + "Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3])),
+                covariance=np.zeros(36))
+            twist = T[g + "TwistWithCovariance"](
+                twist=T[g + "Twist"](linear=T[g + "Vector3"](x=0.0, y=0.0, z=0.0),
+                                     angular=T[g + "Vector3"](x=0.0, y=0.0, z=0.0)), covariance=np.zeros(36))
+            odom = T["nav_msgs/msg/Odometry"](header=T["std_msgs/msg/Header"](stamp=stamp, frame_id="odom"),
+                                              child_frame_id="cam", pose=pose, twist=twist)
+            mm = np.round(f.depth * 1000).astype(np.uint16)
+            step, data = encode_image(mm, "16UC1")
+            depth = T["sensor_msgs/msg/Image"](header=hdr, height=mm.shape[0], width=mm.shape[1], encoding="16UC1",
+                                               is_bigendian=0, step=step, data=np.frombuffer(data, np.uint8))
+            t = 5_000_000_000 + f.stamp_ns
+            for topic, m in (("/cam/image_raw/compressed", msg), ("/cam/camera_info", info), ("/odom", odom),
+                             ("/cam/depth/image_raw", depth)):
+                w.write(conns[topic], t, store.serialize_cdr(m, conns[topic].msgtype))
+    topics = detect_topics(bag)
+    assert topics == BagTopics("/cam/image_raw/compressed", "/cam/camera_info", "/odom", None, "/cam/depth/image_raw")
+    back = list(read_bag_frames(bag))
+    assert len(back) == len(frames)
+    for a, b in zip(frames, back):
+        assert b.stamp_ns == 5_000_000_000 + a.stamp_ns and b.frame_id == "cam"
+        assert np.array_equal(b.image, a.image)  # PNG is lossless; BGR turned back into RGB
+        assert np.abs(b.depth - a.depth).max() <= 0.0005 + 1e-6
+        np.testing.assert_allclose(b.pose.matrix(), a.pose.matrix(), atol=1e-12)

@@ -102,7 +102,8 @@ def blur_frame(
     rng = np.random.default_rng([seed, 0xB10E])
     omega = (np.asarray(angular_velocity, float) if angular_velocity is not None
              else _random_direction(rng, (1.0, 1.0, 0.3)) * angular_speed)
-    vel = np.asarray(linear_velocity, float) if linear_velocity is not None else _random_direction(rng, (1, 1, 1)) * speed
+    vel = (np.asarray(linear_velocity, float) if linear_velocity is not None
+           else _random_direction(rng, (1.0, 1.0, 1.0)) * speed)
     if omega.shape != (3,) or vel.shape != (3,):
         raise ValueError("angular_velocity and linear_velocity must be 3-vectors")
     K = frame.intrinsics

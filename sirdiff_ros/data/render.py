@@ -86,7 +86,9 @@ def _tiled_crop(tex: np.ndarray, t0: int, t1: int, s0: int, s1: int) -> np.ndarr
     if len(rows) == 1 and len(cols) == 1:
         return tex[rows[0][0] : rows[0][1], cols[0][0] : cols[0][1]]
     strip = np.concatenate([tex[a:b] for a, b in rows], axis=0) if len(rows) > 1 else tex[rows[0][0] : rows[0][1]]
-    return np.concatenate([strip[:, a:b] for a, b in cols], axis=1) if len(cols) > 1 else strip[:, cols[0][0] : cols[0][1]]
+    if len(cols) == 1:
+        return strip[:, cols[0][0] : cols[0][1]]
+    return np.concatenate([strip[:, a:b] for a, b in cols], axis=1)
 
 
 class Renderer:

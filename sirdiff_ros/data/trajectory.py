@@ -35,7 +35,8 @@ def _rz(a: float) -> np.ndarray:
 def look_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """R_world_cam for a camera turned ``yaw`` about world z, then ``pitch`` (up +) and ``roll`` about its own axes."""
     # Rotating the optical frame by +pitch about its x (right) axis tilts z (forward) towards -y (up).
-    return _rz(yaw) @ BASE_ROTATION @ _rotation_exp(np.array([pitch, 0.0, 0.0])) @ _rotation_exp(np.array([0.0, 0.0, roll]))
+    tilt = _rotation_exp(np.array([pitch, 0.0, 0.0]))
+    return _rz(yaw) @ BASE_ROTATION @ tilt @ _rotation_exp(np.array([0.0, 0.0, roll]))
 
 
 @dataclass(frozen=True)

@@ -112,5 +112,6 @@ def nearest_index(sorted_stamps: np.ndarray, stamp_ns: int, max_diff_ns: int) ->
     if sorted_stamps.size == 0:
         return None
     i = int(np.searchsorted(sorted_stamps, stamp_ns))
-    best = min((j for j in (i - 1, i) if 0 <= j < sorted_stamps.size), key=lambda j: abs(int(sorted_stamps[j]) - stamp_ns))
+    candidates = [j for j in (i - 1, i) if 0 <= j < sorted_stamps.size]
+    best = min(candidates, key=lambda j: abs(int(sorted_stamps[j]) - stamp_ns))
     return best if abs(int(sorted_stamps[best]) - stamp_ns) <= max_diff_ns else None
