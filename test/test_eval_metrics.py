@@ -159,3 +159,24 @@ def test_pose_errors_after_alignment() -> None:
     moved = list(est)
     moved[0] = Pose(est[0].rotation, est[0].translation + [0.1, 0.0, 0.0])
     assert 0.0 < aligned_pose_errors(moved, ref).ate_rmse < 0.3
+
+
+def test_epipolar_error_of_real_matches_under_accurate_poses_is_subpixel(shared_data) -> None:
+    """robustmvd's poses agree with the images to ~1 degree: SIFT inliers lie
+    within a pixel of the epipolar lines the poses predict."""
+    import cv2
+
+    def view(d):
+        img = cv2.cvtColor(cv2.imread(str(d / "image.png")), cv2.COLOR_BGR2RGB)
+        K = CameraIntrinsics.from_matrix(np.load(d / "K.npy"), img.shape[1], img.shape[0])
+        return img, K, Pose.from_matrix(np.load(d / "to_ref_transform.npy")).inverse()
+
+    root = shared_data / "robustmvd_sample"
+    key, src = view(root / "key"), view(root / "source" / "0")
+    res = match_features(key[0], src[0], "sift", poses=(key[2], src[2]), intrinsics=(key[1], src[1]))
+    assert res.inliers > 100
+    assert res.epipolar_px < 1.0
+    # A wrong pose (camera turned by 3 degrees) moves the epipolar lines away.
+    turned = Pose(src[2].rotation @ _rotation(np.array([0.0, 1.0, 0.0]), math.radians(3)), src[2].translation)
+    wrong = match_features(key[0], src[0], "sift", poses=(key[2], turned), intrinsics=(key[1], src[1]))
+    assert wrong.epipolar_px > 5 * res.epipolar_px
