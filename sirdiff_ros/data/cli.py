@@ -85,7 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 w.write(f)
     dt = time.perf_counter() - start
     where = f"{args.out}" + (f" and bag {args.out / 'bag'} ({args.bag_format})" if bag else "")
-    print(f"wrote {args.frames} frames {args.width}x{args.height} to {where} in {dt:.1f} s "
+    size = f"{args.width}x{args.height}"
+    if args.downsample > 1:
+        size += f" (camera images {args.width // args.downsample}x{args.height // args.downsample})"
+    print(f"wrote {args.frames} frames {size} to {where} in {dt:.1f} s "
           f"({args.frames / dt:.2f} frames/s)")
     return 0
 
