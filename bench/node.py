@@ -1,15 +1,15 @@
 """Restore node latency and throughput over DDS, 640x480.
 
-1. Added latency in passthrough mode: the same image/camera_info/pose stream
-   goes through (a) a bare rclpy relay process (subscribe image, publish it
-   again) and (b) ``sirdiff-restore`` with backend ``passthrough``; latency is
-   send -> receive of the output image in this process (one clock). The two
-   alternate in rounds so that background load hits both alike.
+1. Added latency in passthrough mode: one image/camera_info/pose stream goes
+   at the same time to (a) a bare rclpy relay process (subscribe image,
+   publish it again) and (b) ``sirdiff-restore`` with backend ``passthrough``;
+   latency is send -> receive of each output image in this process (one
+   clock), compared frame by frame, so background load hits both alike.
 2. End to end with the ``fusion`` backend, 4 views: targets' restore call and
    arrival-to-publication latency (from KeyframeSet), output rate, restored
    targets per second.
 
-    .venv/bin/python bench/node.py [--seconds 12] [--rate 20]
+    .venv/bin/python bench/node.py [--seconds 10] [--rate 20]
 
 Writes bench/results/node.json.
 """
@@ -94,45 +94,33 @@ def _summary(ms: np.ndarray, n_sent: int) -> dict[str, Any]:
     }
 
 
-def bench_added_latency(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: float, rounds: int) -> dict[str, Any]:
-    lat: dict[str, list[np.ndarray]] = {"relay": [], "node": []}
-    sent_n = {"relay": 0, "node": 0}
-    index = 0
-    for rnd in range(rounds):
-        for kind in ("relay", "node"):
-            if kind == "relay":
-                proc = NodeProcess(command=[sys.executable, "-c", RELAY], log_path=f"/tmp/bench_node_relay_{os.getpid()}.log")
-                out = {"relay/image": Image}
-            else:
-                proc = NodeProcess(
-                    {"backend": "passthrough", "qos_reliability": "reliable"},
-                    log_path=f"/tmp/bench_node_node_{os.getpid()}.log",
-                )
-                out = {"restored/image": Image}
-            try:
-                with Probe(INPUTS, out, depth=10) as probe:
-                    if not probe.wait_matched(30, inputs=["image"]):
-                        raise RuntimeError(f"{kind} did not match:\n{proc.output()}")
-                    # Frames with a pose first: the node's pipeline warms up (keyframes, gate).
-                    sent = _stream(probe, msgs, seconds, rate, index)
-                    index += len(sent) + 10
-                    time.sleep(1.0)
-                    ms = _latencies(probe, next(iter(out)), sent)
-                    skip = int(rate)  # first second: discovery and warm-up
-                    lat[kind].append(ms[skip:])
-                    sent_n[kind] += len(sent) - skip
-            finally:
-                proc.close()
-            print(f"  round {rnd + 1} {kind}: p50 {np.percentile(lat[kind][-1], 50):.2f} ms", flush=True)
-    relay, node = np.concatenate(lat["relay"]), np.concatenate(lat["node"])
+def bench_added_latency(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: float) -> dict[str, Any]:
+    """Relay and node subscribe to the same stream at once; per-frame latency pairs."""
+    relay = NodeProcess(command=[sys.executable, "-c", RELAY], log_path=f"/tmp/bench_node_relay_{os.getpid()}.log")
+    node = NodeProcess({"backend": "passthrough", "qos_reliability": "reliable"}, log_path=f"/tmp/bench_node_node_{os.getpid()}.log")
+    try:
+        with Probe(INPUTS, {"relay/image": Image, "restored/image": Image}, depth=10) as probe:
+            if not probe.wait_matched(30):
+                raise RuntimeError(f"no match:\n{relay.output()}\n{node.output()}")
+            sent = _stream(probe, msgs, seconds, rate, 0)
+            time.sleep(1.0)
+            got = {t: {r.stamp_ns: (r.t - sent[r.stamp_ns]) * 1e3 for r in probe.get(t) if r.stamp_ns in sent}
+                   for t in ("relay/image", "restored/image")}
+    finally:
+        relay.close()
+        node.close()
+    skip = sorted(sent)[int(rate)]  # first second: discovery and warm-up
+    both = sorted(s for s in got["relay/image"] if s in got["restored/image"] and s >= skip)
+    r = np.array([got["relay/image"][s] for s in both])
+    n = np.array([got["restored/image"][s] for s in both])
     return {
         "rate_hz": rate,
-        "seconds_per_round": seconds,
-        "rounds": rounds,
-        "relay": _summary(relay, sent_n["relay"]),
-        "node_passthrough": _summary(node, sent_n["node"]),
-        "added_p50_ms": round(float(np.percentile(node, 50) - np.percentile(relay, 50)), 3),
-        "added_mean_ms": round(float(node.mean() - relay.mean()), 3),
+        "seconds": seconds,
+        "relay": _summary(r, len(sent)),
+        "node_passthrough": _summary(n, len(sent)),
+        "added_per_frame_p50_ms": round(float(np.percentile(n - r, 50)), 3),
+        "added_per_frame_mean_ms": round(float(np.mean(n - r)), 3),
+        "added_p50_ms": round(float(np.percentile(n, 50) - np.percentile(r, 50)), 3),
         "goal_added_ms": 1.0,
     }
 
@@ -189,7 +177,6 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="per measurement round")
     ap.add_argument("--rate", type=float, default=20.0, help="input frame rate, Hz")
-    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--budget", type=float, default=1.0, help="latency_budget_s of the fusion run")
     ap.add_argument("--only-fusion", action="store_true")
     args = ap.parse_args()
@@ -199,7 +186,7 @@ def main() -> int:
     added = None
     if not args.only_fusion:
         print("added latency, passthrough vs bare relay:", flush=True)
-        added = bench_added_latency(msgs, args.seconds, args.rate, args.rounds)
+        added = bench_added_latency(msgs, args.seconds * 2, args.rate)
         print(json.dumps({k: v for k, v in added.items() if not isinstance(v, dict)}), flush=True)
     print("fusion backend, 4 views:", flush=True)
     fusion = bench_fusion(msgs, args.seconds * 2, 10.0, args.budget)
