@@ -279,7 +279,7 @@ def _markdown(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sirdiff_ros.ros.demo", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: ./out/demo)")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: ./out/demo-<date>-<time>)")
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default=None, help="default: sirdiff with shipped weights, else fusion")
     args = ap.parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    out = args.out.resolve()
+    out = (args.out or Path("out") / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
     report = run_demo(out, args.frames, args.width, args.height, args.backend or best_cpu_backend(), args.seed, args.rate)
     n = report["node"]
     print(
