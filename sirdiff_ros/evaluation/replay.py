@@ -170,7 +170,6 @@ class Replay:
         # Output images of the keyframes still in the buffer (possible partners):
         # stamp -> stream -> (content key, image).
         self._outputs: dict[int, dict[str, tuple[str, np.ndarray]]] = {}
-        self._metric_cache: dict[tuple, dict[str, Any]] = {}
         self._feature_cache: dict[tuple[int, str, str], Features] = {}
         self._keyframes: list[_KeyframeInfo] = []
 
@@ -229,8 +228,10 @@ class Replay:
             views=[v.stamp_ns for v in views],
             overlaps=[float(o) for o in overlaps],
         )
+        # Streams whose images in this view set are the same share one computation.
+        shared: dict[tuple, dict[str, Any]] = {}
         for stream in self.streams:
-            metrics = dict(self._view_set_metrics(stream, views, sharp))
+            metrics = dict(self._view_set_metrics(stream, views, sharp, shared))
             if stream != INPUT:
                 out = outcomes[stream]
                 metrics.update(restored=bool(out.restored), reason=out.reason)
@@ -255,10 +256,12 @@ class Replay:
             raise RuntimeError(f"no stored output for keyframe stamp {stamp}")
         return outputs[stream]
 
-    def _view_set_metrics(self, stream: str, views: list[Frame], sharp: np.ndarray | None) -> dict[str, Any]:
+    def _view_set_metrics(
+        self, stream: str, views: list[Frame], sharp: np.ndarray | None, shared: dict[tuple, dict[str, Any]]
+    ) -> dict[str, Any]:
         keyed = [self._stream_image(stream, v.stamp_ns) for v in views]
         cache_key = tuple((v.stamp_ns, k) for v, (k, _) in zip(views, keyed))
-        cached = self._metric_cache.get(cache_key)
+        cached = shared.get(cache_key)
         if cached is not None:
             return cached
         images = [img for _, img in keyed]
@@ -269,7 +272,7 @@ class Replay:
             "sharpness": sharpness(target),
         }
         m.update(self._pair_metrics(views, keyed))
-        self._metric_cache[cache_key] = m
+        shared[cache_key] = m
         return m
 
     def _features(self, stamp: int, key: str, image: np.ndarray, method: str) -> Features:
