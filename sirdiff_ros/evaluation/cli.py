@@ -21,7 +21,7 @@ __all__ = ["main", "build_parser", "pipeline_from_params_file"]
 log = logging.getLogger("sirdiff-eval")
 
 
-def _intrinsics(text: str):  # -> CameraIntrinsics without the width/height (set later)
+def _intrinsics(text: str):  # -> CameraIntrinsics (argparse type for --intrinsics)
     try:
         vals = [float(v) for v in text.split(",")]
     except ValueError:

@@ -13,6 +13,7 @@ import logging
 import math
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -120,9 +121,7 @@ def run_mapping(views: Sequence[MappingView], options: MappingOptions | None = N
     held fixed during bundle adjustment so that the map's quality reflects the
     images, not a drifting calibration.
     """
-    import time
-
-    import pycolmap
+    import pycolmap  # imported here: a 38 MB native module only mapping needs
 
     opts = options or MappingOptions()
     if not views:
