@@ -249,3 +249,44 @@ def test_compressed_images_odometry_and_16bit_depth(tmp_path: Path, frames: list
         assert np.array_equal(b.image, a.image)  # PNG is lossless; BGR turned back into RGB
         assert np.abs(b.depth - a.depth).max() <= 0.0005 + 1e-6
         np.testing.assert_allclose(b.pose.matrix(), a.pose.matrix(), atol=1e-12)
+
+
+def test_ros1_bag_with_camera_info_and_poses(tmp_path: Path, frames: list[Frame]) -> None:
+    """ROS 1 message layouts differ (Header.seq, CameraInfo.K): read through the same path."""
+    from rosbags.rosbag1 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from sirdiff_ros.core.image_codec import encode_image
+
+    store = get_typestore(Stores.ROS1_NOETIC)
+    T = store.types
+    g = "geometry_msgs/msg/"
+    bag = tmp_path / "old.bag"
+    with Writer(bag) as w:
+        conns = [w.add_connection(t, m, typestore=store) for t, m in (
+            ("/camera/image_raw", "sensor_msgs/msg/Image"), ("/camera/camera_info", "sensor_msgs/msg/CameraInfo"),
+            ("/camera/pose", g + "PoseStamped"))]
+        for i, f in enumerate(frames):
+            t = 1_000_000_000 + f.stamp_ns
+            hdr = T["std_msgs/msg/Header"](seq=i, stamp=T["builtin_interfaces/msg/Time"](sec=t // 10**9,
+                                                                                        nanosec=t % 10**9),
+                                           frame_id="cam")
+            step, data = encode_image(f.image, "rgb8")
+            img = T["sensor_msgs/msg/Image"](header=hdr, height=48, width=64, encoding="rgb8", is_bigendian=0,
+                                             step=step, data=np.frombuffer(data, np.uint8))
+            info = T["sensor_msgs/msg/CameraInfo"](
+                header=hdr, height=48, width=64, distortion_model="plumb_bob", D=np.zeros(5),
+                K=f.intrinsics.K.reshape(-1), R=np.eye(3).reshape(-1), P=np.zeros(12), binning_x=0, binning_y=0,
+                roi=T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+            p, q = f.pose.translation, f.pose.quaternion
+            pose = T[g + "PoseStamped"](header=hdr, pose=T[g + "Pose"](
+                position=T[g + "Point"](x=p[0], y=p[1], z=p[2]),
+                orientation=T[g + "Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3])))
+            for conn, msg in zip(conns, (img, info, pose)):
+                w.write(conn, t, store.serialize_ros1(msg, conn.msgtype))
+    back = list(read_bag_frames(bag))
+    assert len(back) == len(frames)
+    for a, b in zip(frames, back):
+        assert b.stamp_ns == 1_000_000_000 + a.stamp_ns and b.intrinsics == a.intrinsics
+        assert np.array_equal(b.image, a.image)
+        np.testing.assert_allclose(b.pose.matrix(), a.pose.matrix(), atol=1e-12)

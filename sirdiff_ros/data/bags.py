@@ -480,8 +480,10 @@ def read_bag_frames(
                                         msg.header.frame_id, seq))
                 seq += 1
             elif topic == topics.info:
-                asm.infos.append((_stamp_ns(msg.header),
-                                  CameraIntrinsics.from_camera_info(msg.k, int(msg.width), int(msg.height))))
+                # ROS 1 CameraInfo spells the matrix ``K`` (ROS 2: ``k``).
+                k = msg.k if hasattr(msg, "k") else msg.K
+                asm.infos.append((_stamp_ns(msg.header), CameraIntrinsics.from_camera_info(k, int(msg.width),
+                                                                                          int(msg.height))))
                 del asm.infos[:-16]  # calibration rarely changes; keep the recent ones
             elif topic == topics.pose:
                 try:
