@@ -443,24 +443,29 @@ def evaluate_frames(
 
     An exception raised *by the frame source* (e.g. a truncated bag) ends the
     replay early: what was processed is kept and the result is marked
-    ``partial`` with the error message. Errors of our own code propagate.
+    ``partial`` with the error message; so does Ctrl-C (a long replay still
+    reports what it measured). Errors of our own code propagate.
     """
     replay = Replay(config, restorers=restorers, sink=sink, source=source)
     limit = replay.config.max_frames
     it = iter(progress(frames) if progress else frames)
     error = ""
-    while limit is None or replay.result.frames < limit:
-        try:
-            frame = next(it)
-        except StopIteration:
-            break
-        except Exception as exc:  # the source failed: keep what we have
-            error = f"{type(exc).__name__}: {exc}"
-            log.error("frame source failed after %d frames: %s", replay.result.frames, error)
-            break
-        replay.feed(frame)
+    try:
+        while limit is None or replay.result.frames < limit:
+            try:
+                frame = next(it)
+            except StopIteration:
+                break
+            except Exception as exc:  # the source failed: keep what we have
+                error = f"{type(exc).__name__}: {exc}"
+                log.error("frame source failed after %d frames: %s", replay.result.frames, error)
+                break
+            replay.feed(frame)
+    except KeyboardInterrupt:
+        error = f"interrupted after {replay.result.frames} frames"
+        log.error("%s; writing a partial report (mapping skipped)", error)
+        return replay.finish(partial=True, error=error, mapping=False)
     return replay.finish(partial=bool(error), error=error)
-
 
 
 def evaluate_bag(
