@@ -244,3 +244,15 @@ def test_real_rgbd_frames_degraded_for_ground_truth_without_depth(shared_data: P
     assert inp["n_psnr"] >= 1 and inp["psnr"] < 35.0  # the blurred frames, against their originals
     assert inp["consistency"] is None and inp["n_consistency"] == 0
     assert inp["epipolar_px"] is not None and inp["epipolar_px"] < 20.0
+
+
+def test_interrupting_a_replay_keeps_what_was_measured() -> None:
+    from sirdiff_ros.evaluation.replay import evaluate_frames
+
+    def frames_then_ctrl_c():
+        yield from generate_sequence(3, 6, 96, 72)
+        raise KeyboardInterrupt
+
+    res = evaluate_frames(frames_then_ctrl_c(), ReplayConfig(backends=("passthrough",), mapping=True))
+    assert res.partial and res.error == "interrupted after 6 frames"
+    assert res.frames == 6 and len(res.records) >= 1 and res.mapping == {}
