@@ -18,16 +18,13 @@ from sirdiff_ros.model.pipeline import (
     tensor_to_images,
     tile_windows,
 )
+from sirdiff_ros.model.presets import build_model
 from sirdiff_ros.model.unet import SirDiffUNet
 
 
 def tiny_unet(channels: int = 48) -> SirDiffUNet:
     torch.manual_seed(0)
-    return SirDiffUNet(
-        in_channels=channels, cond_channels=channels, out_channels=channels, block_out_channels=(16, 32),
-        layers_per_block=1, attention_levels=(False, True), view_attention_levels=(False, True),
-        attention_head_dim=8, norm_num_groups=8,
-    )
+    return build_model("tiny", in_channels=channels, cond_channels=channels, out_channels=channels)
 
 
 @pytest.fixture(scope="module")

@@ -257,7 +257,8 @@ class SirDiffPipeline(DiffusionPipeline):
         par = Parametrization(**pcfg.get("parametrization", {}))
         pipe = cls(unet=unet, scheduler=scheduler, encoder=encoder, parametrization=par)
         pipe.default_steps = int(pcfg.get("default_steps", 4))
-        return pipe.to(device, dtype)
+        pipe.encoder.to(device, dtype)  # the UNet already has its dtype (from_pretrained's torch_dtype)
+        return pipe.to(device)
 
     def save_checkpoint(self, folder: str | Path, default_steps: int = 4, extra: dict[str, Any] | None = None) -> Path:
         """Write what :meth:`from_checkpoint` reads (UNet safetensors + pipeline JSON)."""

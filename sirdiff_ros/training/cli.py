@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--size", type=_size, default=(96, 96), help="view size WxH")
     c.add_argument("--first-seed", type=int, default=0, help="first training seed index")
     c.add_argument("--shard-size", type=int, default=64)
+    c.add_argument("--baseline", type=float, nargs=2, default=(0.05, 0.3), metavar=("MIN", "MAX"),
+                   help="distance between views of a set, metres (close views overlap more)")
+    c.add_argument("--max-angular-speed", type=float, default=4.0, help="rad/s during the exposure of the blurriest view")
 
     t = sub.add_parser("train", help="train or resume a run")
     t.add_argument("--run", required=True, help="run folder (resumed if it holds checkpoints)")
@@ -65,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-residual", action="store_true", help="diffuse the sharp latents, not the residual")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save-every", type=int, default=250)
-    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     t.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     t.add_argument("--stop-after", type=int, default=None, help="train at most this many steps in this call")
     t.add_argument("--export", help="after training, export the EMA weights to this folder")
@@ -82,14 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "cache":
-        from ..data import synth
+        from ..data.textures import training_seeds
         from .data import synthetic_view_sets, write_shards
 
         w, h = args.size
-        seeds = synth.training_seeds(args.sets, args.first_seed)
+        seeds = training_seeds(args.sets, args.first_seed)
+        opts = {"baseline_m": tuple(args.baseline), "max_angular_speed": args.max_angular_speed}
         meta = {"generator": "sirdiff_ros.data.synth.sample_view_set", "sets": args.sets, "views": args.views,
-                "width": w, "height": h, "first_seed": args.first_seed}
-        paths = write_shards(synthetic_view_sets(seeds, args.views, w, h), args.out, args.shard_size, meta=meta)
+                "width": w, "height": h, "first_seed": args.first_seed, **opts}
+        sets = synthetic_view_sets(seeds, args.views, w, h, **opts)
+        paths = write_shards(sets, args.out, args.shard_size, meta=meta)
         print(f"wrote {len(paths)} shards to {args.out}")
         return 0
 

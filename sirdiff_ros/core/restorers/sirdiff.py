@@ -117,8 +117,8 @@ class SirDiffRestorer:
             img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
         return img
 
-    def _run(self, sets: list[list[np.ndarray]]) -> np.ndarray:
-        """Restore B sets of N same-size RGB uint8 views -> (B, N, H, W, 3) uint8."""
+    def _run(self, sets: list[list[np.ndarray]]) -> tuple[np.ndarray, int]:
+        """Restore B sets of N same-size RGB uint8 views -> ((B, N, H, W, 3) uint8, tiles per step)."""
         import torch
 
         from ...model.pipeline import images_to_tensor
@@ -136,8 +136,7 @@ class SirDiffRestorer:
         with self._lock:
             out = self.pipe(x, num_inference_steps=self.steps, generator=gen, memory_budget_mb=self.memory_budget_mb,
                             tile_size=self.tile_size, output_type="np")
-        self._last_tiles = out.tiles
-        return out.images[:, :, :h, :w]
+        return out.images[:, :, :h, :w], out.tiles
 
     def _calls(self, request: RestoreRequest, views: list[np.ndarray]) -> list[tuple[list[np.ndarray], dict[int, int]]]:
         """Model calls as (views of the set, {request index: position in the set}).
@@ -159,25 +158,25 @@ class SirDiffRestorer:
         groups: dict[int, list[tuple[list[np.ndarray], dict[int, int]]]] = {}
         for call in self._calls(request, views):
             groups.setdefault(len(call[0]), []).append(call)
-        out_by_index: dict[int, np.ndarray] = {}
+        out_by_index: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
         try:
-            for group in groups.values():
-                restored = self._run([g[0] for g in group])  # (B, N, H, W, 3)
+            for n_views, group in groups.items():
+                restored, tiles = self._run([g[0] for g in group])  # (B, N, H, W, 3)
+                info = {"steps": self.steps, "views": n_views, "tiles": tiles}
                 for (_, where), res in zip(group, restored):
                     for index, pos in where.items():
-                        out_by_index[index] = res[pos]
+                        out_by_index[index] = (res[pos], info)
         except RuntimeError as exc:  # OOM and kernel failures surface as RuntimeError
             raise RestorerError(f"{self.name} failed on {self.device}: {exc}") from exc
         result = []
         for i in request.targets:
             src = request.views[i].image
-            img = out_by_index[i]
+            img, info = out_by_index[i]
             if (img.shape[1], img.shape[0]) != (src.shape[1], src.shape[0]):
                 img = cv2.resize(img, (src.shape[1], src.shape[0]), interpolation=cv2.INTER_AREA)
             if src.ndim == 2:
                 img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-            result.append(RestoredView(index=i, image=np.ascontiguousarray(img), restored=True,
-                                       info={"steps": self.steps, "views": len(views), "tiles": self._last_tiles}))
+            result.append(RestoredView(index=i, image=np.ascontiguousarray(img), restored=True, info=dict(info)))
         return RestoreResult(views=result, backend=self.name, device=self.device, latency_s=time.perf_counter() - t0)
 
 

@@ -1,0 +1,106 @@
+"""Backends `sirdiff` / `sirdiff-single` through create_restorer (tiny checkpoints and the shipped weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sirdiff_ros.core.frame import Frame
+from sirdiff_ros.core.geometry import CameraIntrinsics
+from sirdiff_ros.core.restorers.base import RestoreRequest, RestorerError, create_restorer
+from sirdiff_ros.core.restorers.sirdiff import DEFAULT_CHECKPOINT
+from sirdiff_ros.model.encoders import SpaceToDepthEncoder
+from sirdiff_ros.model.pipeline import Parametrization, SirDiffPipeline, make_scheduler
+from sirdiff_ros.model.presets import build_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    unet = build_model("tiny", in_channels=48, cond_channels=48, out_channels=48)
+    pipe = SirDiffPipeline(unet, make_scheduler(), SpaceToDepthEncoder(4), Parametrization(residual_scale=0.2))
+    return str(pipe.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", default_steps=2))
+
+
+def frames(n: int, w: int, h: int, mono: bool = False, seed: int = 0) -> list[Frame]:
+    rng = np.random.default_rng(seed)
+    k = CameraIntrinsics(fx=w, fy=w, cx=w / 2, cy=h / 2, width=w, height=h)
+    shape = (h, w) if mono else (h, w, 3)
+    return [Frame(image=rng.integers(0, 256, size=shape, dtype=np.uint8), stamp_ns=i, intrinsics=k) for i in range(n)]
+
+
+def test_joint_restoration_shapes_and_views_mix(checkpoint: str) -> None:
+    joint = create_restorer("sirdiff", checkpoint=checkpoint)
+    single = create_restorer("sirdiff-single", checkpoint=checkpoint)
+    views = frames(4, 48, 32)
+    res = joint.restore(RestoreRequest(views=views, targets=[0, 2]))
+    assert [v.index for v in res.views] == [0, 2] and res.backend == "sirdiff" and res.device == "cpu"
+    for v in res.views:
+        assert v.restored and v.image.shape == (32, 48, 3) and v.image.dtype == np.uint8
+        assert v.info["views"] == 4
+    alone = single.restore(RestoreRequest(views=views, targets=[0, 2]))
+    assert alone.backend == "sirdiff-single" and all(v.info["views"] == 1 for v in alone.views)
+    # Same weights, same noise: only the other views differ, and they change the output.
+    assert not np.array_equal(res.for_index(0).image, alone.for_index(0).image)
+    # A one-view set through the joint backend is exactly the single-view result.
+    one = joint.restore(RestoreRequest(views=views[:1], targets=[0]))
+    np.testing.assert_array_equal(one.for_index(0).image, alone.for_index(0).image)
+
+
+def test_deterministic_for_a_seed(checkpoint: str) -> None:
+    views = frames(2, 32, 32)
+    a = create_restorer("sirdiff", checkpoint=checkpoint, seed=5).restore(RestoreRequest(views=views, targets=[1]))
+    b = create_restorer("sirdiff", checkpoint=checkpoint, seed=5).restore(RestoreRequest(views=views, targets=[1]))
+    c = create_restorer("sirdiff", checkpoint=checkpoint, seed=6).restore(RestoreRequest(views=views, targets=[1]))
+    np.testing.assert_array_equal(a.views[0].image, b.views[0].image)
+    assert not np.array_equal(a.views[0].image, c.views[0].image)
+
+
+def test_mono_and_odd_sizes_come_back_as_given(checkpoint: str) -> None:
+    r = create_restorer("sirdiff", checkpoint=checkpoint, steps=1)
+    mono = frames(3, 37, 29, mono=True)
+    out = r.restore(RestoreRequest(views=mono, targets=[1])).views[0]
+    assert out.image.shape == (29, 37) and out.image.dtype == np.uint8
+    rgb = frames(2, 45, 21)
+    assert r.restore(RestoreRequest(views=rgb, targets=[0])).views[0].image.shape == (21, 45, 3)
+
+
+def test_memory_budget_option_tiles(checkpoint: str) -> None:
+    r = create_restorer("sirdiff", checkpoint=checkpoint, steps=1, memory_budget_mb=0.5)
+    out = r.restore(RestoreRequest(views=frames(2, 64, 64), targets=[0])).views[0]
+    assert out.info["tiles"] > 1 and out.image.shape == (64, 64, 3)
+
+
+def test_missing_or_corrupt_checkpoint_names_the_file(checkpoint: str, tmp_path) -> None:
+    with pytest.raises(RestorerError, match="does not exist"):
+        create_restorer("sirdiff", checkpoint=str(tmp_path / "nope"))
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(checkpoint, bad)
+    (bad / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(RestorerError, match=r"bad[/\\]diffusion_pytorch_model\.safetensors"):
+        create_restorer("sirdiff-single", checkpoint=str(bad))
+    (bad / "config.json").unlink()
+    with pytest.raises(RestorerError, match=r"bad[/\\]config\.json is missing"):
+        create_restorer("sirdiff", checkpoint=str(bad))
+
+
+def test_bad_options_are_refused(checkpoint: str) -> None:
+    with pytest.raises(RestorerError, match="unknown option"):
+        create_restorer("sirdiff", checkpoint=checkpoint, stepz=3)
+    with pytest.raises(RestorerError, match="device"):
+        create_restorer("sirdiff", checkpoint=checkpoint, device="tpu")
+    with pytest.raises(RestorerError, match="steps"):
+        create_restorer("sirdiff", checkpoint=checkpoint, steps=0)
+    r = create_restorer("sirdiff", checkpoint=checkpoint)
+    with pytest.raises(RestorerError, match="target index 3"):
+        r.restore(RestoreRequest(views=frames(2, 32, 32), targets=[3]))
+
+
+def test_shipped_weights_restore_a_small_image() -> None:
+    assert (DEFAULT_CHECKPOINT / "diffusion_pytorch_model.safetensors").is_file(), "shipped weights missing"
+    r = create_restorer("sirdiff", steps=2)
+    res = r.restore(RestoreRequest(views=frames(2, 64, 48), targets=[0]))
+    assert res.views[0].image.shape == (48, 64, 3) and res.views[0].restored
