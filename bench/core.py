@@ -215,20 +215,21 @@ def bench_memory() -> dict:
 
 
 def write_picture(path: Path) -> None:
-    """Blurred target | fused | ground truth, crops of a 640x480 synthetic set."""
+    """Blurred target | fused | ground truth: a 640x480 synthetic set (3 sharper
+    partners), each shown whole at half size, and a full-resolution crop."""
     views = sample_view_set(1, 4, 640, 480)
     views = [views[i] for i in np.argsort([-v.extras["blur_strength"] for v in views], kind="stable")]
     out = create_restorer("fusion").restore(RestoreRequest(views, [0])).for_index(0).image
     gt = views[0].extras["sharp"]
-    y, x, h, w = 120, 120, 240, 300
-    crops = [im[y : y + h, x : x + w] for im in (views[0].image, out, gt)]
     labels = [f"blurred {psnr(views[0].image, gt):.1f} dB", f"fused {psnr(out, gt):.1f} dB", "ground truth"]
     tiles = []
-    for c, lab in zip(crops, labels):
-        c = c.copy()
-        cv2.rectangle(c, (0, 0), (w, 22), (0, 0, 0), -1)
-        cv2.putText(c, lab, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-        tiles.append(c)
+    for im, lab in zip((views[0].image, out, gt), labels):
+        small = cv2.resize(im, (320, 240), interpolation=cv2.INTER_AREA)
+        crop = im[40:200, 20:340].copy()  # full resolution, 320x160
+        t = np.concatenate([small, crop], axis=0)
+        cv2.rectangle(t, (0, 0), (320, 22), (0, 0, 0), -1)
+        cv2.putText(t, lab, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(t)
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(tiles, axis=1), cv2.COLOR_RGB2BGR),
                 [cv2.IMWRITE_PNG_COMPRESSION, 9])

@@ -48,7 +48,7 @@ import numpy as np
 
 from ..blur import local_sharpness, sharpness, to_grey
 from ..frame import Frame
-from ..reblur import center_kernel, estimate_kernel, reblur
+from ..reblur import center_kernel, estimate_kernel, kernel_centroid, reblur
 from .base import RestoredView, RestoreRequest, RestoreResult, register_restorer
 from .passthrough import check_request
 
@@ -62,6 +62,7 @@ class FusionConfig:
     work_scale: float = 0.5  # resolution of flow, checks and weight maps
     use_depth: bool = True  # reprojection when the target has depth and poses
     refine_flow: bool = True  # depth path: residual flow (pose errors); flow path: re-blurred second pass
+    refine_shift_px: float = 1.5  # depth path: refine only when the blur kernel is off-centre by more (px)
     max_refine_px: float = 8.0  # refinements moving the alignment further are discarded
     refine_margin: float = 1.0  # grey levels of residual a refinement must gain to replace the initial flow
     dis_preset: str = "medium"  # "ultrafast" | "fast" | "medium"
@@ -205,6 +206,19 @@ def _local_ncc(a: np.ndarray, b: np.ndarray, sigma: float) -> tuple[np.ndarray, 
     return cov / (np.sqrt(va * vb) + 1e-3), np.sqrt(vb)
 
 
+def _needs_refinement(
+    pg: np.ndarray, target_grey: np.ndarray, flow: np.ndarray, trust: np.ndarray, config: FusionConfig
+) -> bool:
+    """Whether the reprojection is off: motion blur is centred on the
+    mid-exposure pose, so the relative blur kernel of an aligned partner is
+    centred too; an offset of more than ``refine_shift_px`` means a pose (or
+    depth) error. Exact geometry is left alone: flow refinement between a
+    blurred and a sharp image is less precise than a good reprojection."""
+    mask = (trust > 0.5) & _inside(flow, pg.shape)
+    kernel = estimate_kernel(_warp(pg, flow), target_grey, mask, config.kernel_size)
+    return float(np.linalg.norm(kernel_centroid(kernel))) > config.refine_shift_px
+
+
 def _checked_flow(dis: Any, t8: np.ndarray, p8: np.ndarray, fb_threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """DIS flow target -> partner and its forward-backward trust (1 under the
     threshold, 0 at twice it)."""
@@ -261,7 +275,7 @@ def align_partner(
             flow, fb_trust = _checked_flow(dis, t8, np.clip(reblur(pg, k), 0, 255).astype(np.uint8), config.fb_threshold)
             method += "+reblur"
         trust *= fb_trust
-    if config.refine_flow and geometric:
+    if config.refine_flow and geometric and _needs_refinement(pg, target_grey, flow, trust, config):
         # 2. Refinement: residual flow from the target to the partner pre-warped
         # by the current alignment (corrects pose and depth errors), composed
         # with it; residuals beyond max_refine_px are discarded.
