@@ -165,3 +165,42 @@ def test_cpu_backends_do_not_import_torch() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "torch imported: False" in res.stdout
+
+
+def test_node_with_the_sirdiff_backend_on_a_tiny_checkpoint(tmp_path: Path) -> None:
+    """The diffusion backend inside the node (torch on the worker thread), over DDS."""
+    import torch
+    from geometry_msgs.msg import PoseStamped
+
+    from sirdiff_ros.model.encoders import SpaceToDepthEncoder
+    from sirdiff_ros.model.pipeline import Parametrization, SirDiffPipeline, make_scheduler
+    from sirdiff_ros.model.presets import build_model
+    from sirdiff_ros.ros.convert import frame_messages
+
+    torch.manual_seed(0)
+    unet = build_model("tiny", in_channels=48, cond_channels=48, out_channels=48)
+    pipe = SirDiffPipeline(unet, make_scheduler(), SpaceToDepthEncoder(4), Parametrization(residual_scale=0.2))
+    ckpt = pipe.save_checkpoint(tmp_path / "tiny", default_steps=2)
+    frames = target_rich_frames(9, 64, 48)
+    node = NodeProcess(
+        {"backend": "sirdiff", "checkpoint": str(ckpt), "qos_reliability": "reliable", "min_translation": 0.0, "latency_budget_s": 30.0},
+        log_path=tmp_path / "node.log",
+    )
+    try:
+        with Probe({"image": Image, "camera_info": CameraInfo, "pose": PoseStamped}, OUTPUTS) as probe:
+            assert probe.wait_matched(60), node.output()
+            for f in frames:
+                img, info, pose = frame_messages(f)
+                for topic, m in (("pose", pose), ("camera_info", info), ("image", img)):
+                    probe.publish(topic, m)
+                time.sleep(0.05)
+            assert probe.wait_for(lambda: len(probe.get("restored/image")) == len(frames), 60), node.output()
+            sets = [r.msg for r in probe.get("keyframe_set")]
+            out = {r.stamp_ns: r.msg for r in probe.get("restored/image")}
+    finally:
+        node.close()
+    restored = [k for k in sets if k.outcome == KeyframeSet.OUTCOME_RESTORED]
+    assert restored and all(k.backend == "sirdiff" and len(k.views) >= 2 for k in restored)
+    for k in restored:
+        msg = out[stamp_to_ns(k.header.stamp)]
+        assert k.views[k.target_index].sharpness_after == pytest.approx(sharpness(_array(msg)), rel=1e-5)
