@@ -216,7 +216,7 @@ def bench_memory() -> dict:
 
 def write_picture(path: Path) -> None:
     """Blurred target | fused | ground truth: a 640x480 synthetic set (3 sharper
-    partners), each shown whole at half size, and a full-resolution crop."""
+    partners), each shown whole at 3/8 size and as a full-resolution crop."""
     views = sample_view_set(1, 4, 640, 480)
     views = [views[i] for i in np.argsort([-v.extras["blur_strength"] for v in views], kind="stable")]
     out = create_restorer("fusion").restore(RestoreRequest(views, [0])).for_index(0).image
@@ -224,10 +224,10 @@ def write_picture(path: Path) -> None:
     labels = [f"blurred {psnr(views[0].image, gt):.1f} dB", f"fused {psnr(out, gt):.1f} dB", "ground truth"]
     tiles = []
     for im, lab in zip((views[0].image, out, gt), labels):
-        small = cv2.resize(im, (320, 240), interpolation=cv2.INTER_AREA)
-        crop = im[40:200, 20:340].copy()  # full resolution, 320x160
+        small = cv2.resize(im, (240, 180), interpolation=cv2.INTER_AREA)
+        crop = im[60:180, 40:280].copy()  # full resolution, 240x120
         t = np.concatenate([small, crop], axis=0)
-        cv2.rectangle(t, (0, 0), (320, 22), (0, 0, 0), -1)
+        cv2.rectangle(t, (0, 0), (240, 22), (0, 0, 0), -1)
         cv2.putText(t, lab, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         tiles.append(t)
     path.parent.mkdir(parents=True, exist_ok=True)
