@@ -57,6 +57,9 @@ __all__ = [
     "detect_topics",
     "read_bag_frames",
     "bag_storage_path",
+    "header_msg",
+    "image_msg",
+    "mcap_file",
 ]
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -114,11 +117,13 @@ def _stamp(store: Any, stamp_ns: int) -> Any:
     return Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
 
 
-def _header(store: Any, stamp_ns: int, frame_id: str) -> Any:
+def header_msg(store: Any, stamp_ns: int, frame_id: str) -> Any:
+    """A rosbags ``std_msgs/Header`` for ``stamp_ns`` (integer ns)."""
     return store.types["std_msgs/msg/Header"](stamp=_stamp(store, stamp_ns), frame_id=frame_id)
 
 
-def _image_msg(store: Any, header: Any, array: np.ndarray, encoding: str) -> Any:
+def image_msg(store: Any, header: Any, array: np.ndarray, encoding: str) -> Any:
+    """A rosbags ``sensor_msgs/Image`` holding ``array`` in ``encoding``."""
     step, data = encode_image(array, encoding)
     return store.types[IMAGE](header=header, height=array.shape[0], width=array.shape[1], encoding=encoding,
                               is_bigendian=0, step=step, data=np.frombuffer(data, np.uint8))
@@ -162,14 +167,14 @@ class FrameBagWriter:
         """Write one frame's image, camera info, pose and ground truth (what it has)."""
         s, t = self.store, frame.stamp_ns
         if frame.image.ndim == 3:
-            self._write(self.topics.image, IMAGE, t, _image_msg(s, _header(s, t, frame.frame_id), frame.image, "rgb8"))
+            self._write(self.topics.image, IMAGE, t, image_msg(s, header_msg(s, t, frame.frame_id), frame.image, "rgb8"))
         else:
-            self._write(self.topics.image, IMAGE, t, _image_msg(s, _header(s, t, frame.frame_id), frame.image, "mono8"))
+            self._write(self.topics.image, IMAGE, t, image_msg(s, header_msg(s, t, frame.frame_id), frame.image, "mono8"))
         K = frame.intrinsics
         P = np.zeros((3, 4))
         P[:3, :3] = K.K
         info = s.types[CAMERA_INFO](
-            header=_header(s, t, frame.frame_id), height=K.height, width=K.width, distortion_model="plumb_bob",
+            header=header_msg(s, t, frame.frame_id), height=K.height, width=K.width, distortion_model="plumb_bob",
             d=np.zeros(5), k=K.K.reshape(-1), r=np.eye(3).reshape(-1), p=P.reshape(-1), binning_x=0, binning_y=0,
             roi=s.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
                                                               do_rectify=False),
@@ -182,14 +187,14 @@ class FrameBagWriter:
                                        orientation=s.types[g + "Quaternion"](x=float(q[0]), y=float(q[1]),
                                                                              z=float(q[2]), w=float(q[3])))
             self._write(self.topics.pose, g + "PoseStamped", t,
-                        s.types[g + "PoseStamped"](header=_header(s, t, self.world_frame), pose=pose))
+                        s.types[g + "PoseStamped"](header=header_msg(s, t, self.world_frame), pose=pose))
         sharp = frame.extras.get("sharp")
         if sharp is not None:
             enc = "rgb8" if sharp.ndim == 3 else "mono8"
-            self._write(self.topics.gt, IMAGE, t, _image_msg(s, _header(s, t, frame.frame_id), sharp, enc))
+            self._write(self.topics.gt, IMAGE, t, image_msg(s, header_msg(s, t, frame.frame_id), sharp, enc))
         if frame.depth is not None:
             depth = np.nan_to_num(frame.depth.astype(np.float32), nan=0.0)
-            self._write(self.topics.depth, IMAGE, t, _image_msg(s, _header(s, t, frame.frame_id), depth, "32FC1"))
+            self._write(self.topics.depth, IMAGE, t, image_msg(s, header_msg(s, t, frame.frame_id), depth, "32FC1"))
         self.count += 1
 
 
@@ -205,7 +210,8 @@ def write_frames_bag(path: str | Path, frames: Iterable[Frame], fmt: str = "mcap
 # ---------------------------------------------------------------------------- topics
 
 
-def _mcap_file(path: str | Path) -> Path | None:
+def mcap_file(path: str | Path) -> Path | None:
+    """The single ``.mcap`` file of a bag path, or None (other storage, or several files)."""
     p = bag_storage_path(path)
     if p.is_file():
         return p if p.suffix == ".mcap" else None
@@ -235,7 +241,7 @@ class _Source:
             self.reader.open()
         except Exception as exc:  # rosbags raises several unrelated types for unreadable files
             self.reader = None
-            self.salvage = _mcap_file(self.path)
+            self.salvage = mcap_file(self.path)
             if self.salvage is None or not mcap_channels(self.salvage):
                 raise BagReadError(f"cannot open bag {self.path}: {exc}") from exc
 

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..core.pipeline import RestorationOutcome
-from ..data.bags import CAMERA_INFO, IMAGE, _header, _image_msg, _mcap_file, bag_storage_path
+from ..data.bags import CAMERA_INFO, IMAGE, header_msg, image_msg, mcap_file, bag_storage_path
 from ..data.mcap_scan import scan_mcap
 from ..interfaces import make_typestore
 
@@ -134,7 +134,7 @@ class RestoredBagWriter:
             reader = AnyReader([self.source], default_typestore=self.store)
             reader.open()
         except Exception:
-            mcap = _mcap_file(self.source)
+            mcap = mcap_file(self.source)
             if mcap is None:
                 raise
             for m in scan_mcap(mcap, topics):
@@ -191,9 +191,9 @@ class RestoredBagWriter:
         frame = outcome.frame
         t = restored_topics(backend)
         stamp = frame.stamp_ns
-        header = _header(self.store, stamp, frame.frame_id)
+        header = header_msg(self.store, stamp, frame.frame_id)
         enc = "rgb8" if outcome.image.ndim == 3 else "mono8"
-        self._write(t["image"], IMAGE, stamp, _image_msg(self.store, header, outcome.image, enc))
+        self._write(t["image"], IMAGE, stamp, image_msg(self.store, header, outcome.image, enc))
         info = self._nearest_info(stamp)
         if info is not None and t["camera_info"] in self._conns:
             from dataclasses import replace
