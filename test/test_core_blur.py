@@ -67,3 +67,17 @@ def test_estimated_kernel_reproduces_a_directional_blur(sharp_frames):
     assert res_est < 0.7 * res_gauss
     with pytest.raises(ValueError, match="odd"):
         estimate_kernel(g, blurred, mask, 4)
+
+
+def test_reblur_equals_full_kernel_convolution():
+    """reblur filters with the kernel's bounding box only; the result must not change."""
+    rng = np.random.default_rng(0)
+    img = rng.random((60, 80, 3)).astype(np.float32)
+    for _ in range(20):
+        k = np.zeros((11, 11), np.float32)
+        k[rng.integers(0, 11, 4), rng.integers(0, 11, 4)] = rng.random(4)
+        k /= k.sum()
+        # Convolution = correlation with the flipped kernel.
+        full = cv2.filter2D(img, -1, np.ascontiguousarray(k[::-1, ::-1]), borderType=cv2.BORDER_REPLICATE)
+        assert np.abs(reblur(img, k) - full).max() < 1e-5
+    assert np.array_equal(reblur(img, np.zeros((5, 5), np.float32)), img)
