@@ -159,6 +159,16 @@ class KeyframeBuffer:
         self._next_index = 0
         self._last: Keyframe | None = None  # last admitted, kept even if evicted
         self._snapshot: KeyframeSnapshot | None = None
+        # Ring arrays parallel to _keyframes (slot of keyframe i: (_head + i) % cap),
+        # so a snapshot is a few array copies, not a pass over Python objects.
+        cap = self.config.max_keyframes
+        self._head = 0
+        self._R = np.zeros((cap, 3, 3))
+        self._t = np.zeros((cap, 3))
+        self._k = np.zeros((cap, 6))
+        self._pos = np.zeros((cap, 3))
+        self._sharp = np.zeros(cap)
+        self._stamp = np.zeros(cap, dtype=np.int64)
 
     # -- admission -----------------------------------------------------------
     def consider(self, frame: Frame, sharpness: float | None = None) -> Admission:
@@ -196,14 +206,13 @@ class KeyframeBuffer:
             stored = frame if cfg.keep_extras else _without_array_extras(frame)
             kf = Keyframe(stored, score, self._next_index, nbytes)
             self._next_index += 1
-            self._keyframes.append(kf)
-            self._nbytes += nbytes
-            self._last = kf
             evicted = []
-            while len(self._keyframes) > cfg.max_keyframes or self._nbytes > cfg.max_bytes:
-                old = self._keyframes.popleft()
-                self._nbytes -= old.nbytes
-                evicted.append(old)
+            if len(self._keyframes) == cfg.max_keyframes:  # make room in the ring first
+                evicted.append(self._pop_oldest())
+            self._push(kf)
+            self._last = kf
+            while self._nbytes > cfg.max_bytes:
+                evicted.append(self._pop_oldest())
             self._snapshot = None
             return Admission(True, reason, kf, tuple(evicted))
 
@@ -212,7 +221,15 @@ class KeyframeBuffer:
         """Immutable view of the current keyframes (oldest first)."""
         with self._lock:
             if self._snapshot is None:
-                self._snapshot = KeyframeSnapshot.build(self._keyframes)
+                idx = (self._head + np.arange(len(self._keyframes))) % self.config.max_keyframes
+                self._snapshot = KeyframeSnapshot(
+                    keyframes=tuple(self._keyframes),
+                    cameras=CameraStack(self._R[idx], self._t[idx], self._k[idx]),
+                    sharpness=self._sharp[idx],
+                    stamps_ns=self._stamp[idx],
+                    positions=self._pos[idx],
+                    nbytes=self._nbytes,
+                )
             return self._snapshot
 
     def recent_sharpness(self, count: int, before_index: int | None = None) -> np.ndarray:
@@ -235,9 +252,31 @@ class KeyframeBuffer:
         """Forget every keyframe (e.g. after a SLAM map reset or a time jump)."""
         with self._lock:
             self._keyframes.clear()
+            self._head = 0
             self._nbytes = 0
             self._last = None
             self._snapshot = None
+
+
+    def _push(self, kf: Keyframe) -> None:
+        # Caller holds the lock and has made room.
+        slot = (self._head + len(self._keyframes)) % self.config.max_keyframes
+        pose = cast(Pose, kf.frame.pose)
+        K = kf.frame.intrinsics
+        self._R[slot] = pose.rotation.T
+        self._t[slot] = -(pose.rotation.T @ pose.translation)
+        self._k[slot] = (K.fx, K.fy, K.cx, K.cy, K.width, K.height)
+        self._pos[slot] = pose.translation
+        self._sharp[slot] = kf.sharpness
+        self._stamp[slot] = kf.stamp_ns
+        self._keyframes.append(kf)
+        self._nbytes += kf.nbytes
+
+    def _pop_oldest(self) -> Keyframe:
+        old = self._keyframes.popleft()
+        self._head = (self._head + 1) % self.config.max_keyframes
+        self._nbytes -= old.nbytes
+        return old
 
 
 def _without_array_extras(frame: Frame) -> Frame:
