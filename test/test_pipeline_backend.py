@@ -104,3 +104,24 @@ def test_shipped_weights_restore_a_small_image() -> None:
     r = create_restorer("sirdiff", steps=2)
     res = r.restore(RestoreRequest(views=frames(2, 64, 48), targets=[0]))
     assert res.views[0].image.shape == (48, 64, 3) and res.views[0].restored
+
+
+def test_backend_from_tiny_sd21_folder(tmp_path) -> None:
+    """`sd21=` builds the UNet from an SD-like UNet folder and encodes with its VAE."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+    ).save_pretrained(tmp_path / "sd" / "unet")
+    AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                  layers_per_block=1).save_pretrained(tmp_path / "sd" / "vae")
+    r = create_restorer("sirdiff", sd21=str(tmp_path / "sd"), steps=1)
+    assert r.pipe.encoder.downsample_factor == 2 and r.pipe.encoder.latent_channels == 4
+    out = r.restore(RestoreRequest(views=frames(2, 20, 12), targets=[1])).views[0]
+    assert out.image.shape == (12, 20, 3)
+    with pytest.raises(RestorerError, match="vae"):
+        create_restorer("sirdiff", sd21=str(tmp_path / "missing"))

@@ -50,12 +50,13 @@ def _load_pipeline(checkpoint: str | Path | None, sd21: str | Path | None, svd: 
     if sd21 is not None:
         from ...model.encoders import EncoderError, VaeEncoder
         from ...model.pipeline import Parametrization, make_scheduler
-        from ...model.pretrained import init_from_pretrained
+        from ...model.pretrained import PretrainedWeightsError, build_from_pretrained
 
         try:
             encoder = VaeEncoder.from_folder(Path(sd21) / "vae")
-            unet = init_from_pretrained(sd21, svd).model
-        except (EncoderError, OSError, ValueError, KeyError) as exc:
+            # Condition = VAE-encoded degraded views, as many channels as the latents.
+            unet, _report = build_from_pretrained(sd21, svd, cond_channels=encoder.latent_channels)
+        except (EncoderError, PretrainedWeightsError, OSError) as exc:
             raise RestorerError(f"cannot build the sirdiff model from {sd21} / {svd}: {exc}") from exc
         # SD's latents are not residuals of degraded latents; sample them directly.
         pipe = SirDiffPipeline(unet=unet, scheduler=make_scheduler("ddim"), encoder=encoder,
