@@ -290,6 +290,10 @@ def test_invalid_parameter_fails_at_startup_with_a_clear_message(tmp_path: Path)
     rc = node.wait(30)
     node.close()
     assert rc == 2 and "num_views" in node.output()
+    node = NodeProcess({"latency_budget_s": -1}, log_path=tmp_path / "node3.log")  # an int for a float: still checked
+    rc = node.wait(30)
+    node.close()
+    assert rc == 2 and "latency_budget_s must be >= 0.0, got -1.0" in node.output()
 
 
 # -- load --------------------------------------------------------------------------------------

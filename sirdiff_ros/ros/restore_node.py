@@ -110,6 +110,7 @@ class RestoreNode(Node):
             why = P.check_value(name, value)
             if why:
                 raise StartupError(f"invalid parameter: {why}")
+            self.cfg[name] = P.SPECS[name].type(value)  # int -> float where declared float
         self.stats = NodeStats()
         self._last_log: dict[str, float] = {}
         try:
@@ -164,7 +165,9 @@ class RestoreNode(Node):
     # -- set-up ---------------------------------------------------------------------
     def _declare_parameters(self) -> None:
         for p in P.PARAMS:
-            d = ParameterDescriptor(description=p.description, read_only=p.read_only)
+            # dynamic_typing: `latency_budget_s: 1` in a YAML file is an integer; check_value
+            # accepts it for a float parameter and rejects every other mismatch with a reason.
+            d = ParameterDescriptor(description=p.description, read_only=p.read_only, dynamic_typing=True)
             if p.choices:
                 d.additional_constraints = "one of: " + ", ".join(p.choices)
             if p.type is int and (p.min is not None or p.max is not None):
@@ -198,7 +201,7 @@ class RestoreNode(Node):
 
     def _apply_parameters(self, changes: list[Any]) -> None:
         for change in changes:
-            self.cfg[change.name] = change.value
+            self.cfg[change.name] = P.SPECS[change.name].type(change.value)
             if change.name == "drop_policy":
                 self.worker.policy = change.value
 
