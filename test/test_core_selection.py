@@ -9,7 +9,7 @@ import pytest
 
 from sirdiff_ros.core.frame import Frame
 from sirdiff_ros.core.keyframes import Keyframe, KeyframeBuffer, KeyframeConfig
-from sirdiff_ros.core.overlap import CameraStack, target_grid, visibility
+from sirdiff_ros.core.overlap import target_grid, visibility
 from sirdiff_ros.core.selection import SelectionConfig, duplicate_matrix, select_views, set_objective
 from sirdiff_ros.data.synth import generate_sequence
 

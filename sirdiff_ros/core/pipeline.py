@@ -85,7 +85,7 @@ class PipelineConfig:
             raise ValueError("need 1 <= gate_min_peers <= gate_window")
         if not 0.0 <= self.gate_quantile <= 1.0:
             raise ValueError(f"gate_quantile must be in [0, 1], got {self.gate_quantile}")
-        self.selection  # validates the selection fields too
+        _ = self.selection  # builds (and so validates) the selection fields too
 
     @property
     def selection(self) -> SelectionConfig:

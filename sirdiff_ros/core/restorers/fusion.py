@@ -15,7 +15,7 @@ partner that is sharper than the target, per target pixel:
      then a second pass against the partner re-blurred with the estimated
      relative blur kernel (:mod:`sirdiff_ros.core.reblur`; motion blur is
      directional). On real views (robustmvd, bench/core.py) the second
-     pass raises the mean gain from +3.2 to +3.8 dB.
+     pass raises the mean gain from +3.2 to +3.9 dB.
 2. Check the alignment: forward-backward consistency (flow path); the
    partner's depth must show the same surface (depth path, where the
    partner has depth: occlusion and moved objects); and photometric checks
