@@ -342,8 +342,7 @@ class RestoreNode(Node):
 
     def _passed_through(self, src: _Input, reason: str) -> _Output:
         """A target published as its original: KeyframeSet without views, reason given."""
-        fields = {
-            "header": {"stamp": src.stamp_ns, "frame_id": src.msg.header.frame_id},
+        fields = {  # the header is the image's, set when published
             "target_stamp": src.stamp_ns,
             "backend": self._restorer.name,
             "device": str(self._restorer.device),
