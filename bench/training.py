@@ -26,7 +26,7 @@ import torch
 
 from sirdiff_ros.core.restorers.base import RestoreRequest, create_restorer
 from sirdiff_ros.data.synth import sample_view_set
-from sirdiff_ros.data.textures import heldout_seeds
+from sirdiff_ros.data.textures import heldout_seeds, training_seeds
 from sirdiff_ros.evaluation.metrics import psnr, ssim
 
 
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=float, nargs=2, default=(0.05, 0.3))
     ap.add_argument("--backends", default="input,sirdiff,sirdiff-single,fusion")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--split", choices=("heldout", "val"), default="heldout",
+                    help="val: training-split seeds never cached (50000+), for choosing sampler settings")
     ap.add_argument("--out", default="bench/results/training.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         backends[name] = create_restorer(name, **opts)
 
     rows = {n: {"psnr": [], "ssim": [], "seconds": []} for n in names}
-    for seed in heldout_seeds(args.sets):
+    seeds = heldout_seeds(args.sets) if args.split == "heldout" else training_seeds(args.sets, 50000)
+    for seed in seeds:
         frames = sample_view_set(seed, args.views, w, h, baseline_m=tuple(args.baseline))
         target = int(np.argmax([f.extras["blur_px"] for f in frames]))
         sharp = frames[target].extras["sharp"]
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {n: {k: float(np.mean(v)) for k, v in r.items()} for n, r in rows.items()}
     report = {
-        "checkpoint": args.checkpoint or "shipped",
+        "checkpoint": args.checkpoint or "shipped", "split": args.split,
         "sets": args.sets, "views": args.views, "size": [w, h], "steps": args.steps,
         "baseline_m": list(args.baseline), "target": "blurriest view of each held-out set",
         "mean": summary, "per_set": rows,

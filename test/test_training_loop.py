@@ -148,3 +148,25 @@ def test_cli_trains_exports_and_the_backend_loads_it(cache: Path, tmp_path: Path
     frames = [Frame(image=im, stamp_ns=i, intrinsics=k) for i, im in enumerate(img)]
     res = restorer.restore(RestoreRequest(views=frames, targets=[0]))
     assert res.views[0].image.shape == (32, 32, 3) and res.backend == "sirdiff"
+
+
+def test_dataset_view_sets_from_a_synthetic_sequence_folder(tmp_path: Path) -> None:
+    from sirdiff_ros.data.cli import main as synth_main
+    from sirdiff_ros.training.data import dataset_view_sets
+
+    seq = tmp_path / "seq"
+    assert synth_main([str(seq), "--frames", "5", "--width", "48", "--height", "32", "--no-progress"]) == 0
+    sets = list(dataset_view_sets(seq, n_views=3, stride=2))
+    assert len(sets) == 2  # frames 0-2 and 2-4
+    sharp, blurred = sets[0]
+    assert sharp.shape == blurred.shape == (3, 32, 48, 3)
+    assert not np.array_equal(sharp, blurred)
+
+
+def test_dataset_view_sets_blur_real_frames(shared_data: Path) -> None:
+    from sirdiff_ros.training.data import dataset_view_sets
+
+    sharp, blurred = next(dataset_view_sets(shared_data / "slambook2_rgbd", n_views=2, stride=2, max_angular_speed=3.0))
+    assert sharp.shape == (2, 480, 640, 3) and sharp.dtype == np.uint8
+    lap = lambda a: float(np.var(cv2.Laplacian(a, cv2.CV_64F)))  # noqa: E731
+    assert sum(lap(b) < lap(s) for s, b in zip(sharp, blurred)) >= 1

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cache", help="render training view sets (training seeds only) into .npz shards")
     c.add_argument("--out", required=True, help="shard folder (git-ignored, e.g. cache/synth96)")
+    c.add_argument("--dataset", help="instead of the generator: a dataset folder/bag read by sirdiff_ros.data.readers "
+                   "(sets of consecutive frames; sharp real frames are blurred by the physical degrader)")
+    c.add_argument("--stride", type=int, default=2, help="--dataset: a new set every STRIDE frames")
     c.add_argument("--sets", type=int, default=2000, help="number of view sets")
     c.add_argument("--views", type=int, default=4, help="views per set")
     c.add_argument("--size", type=_size, default=(96, 96), help="view size WxH")
@@ -86,8 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "cache":
         from ..data.textures import training_seeds
-        from .data import synthetic_view_sets, write_shards
+        from .data import dataset_view_sets, synthetic_view_sets, write_shards
 
+        if args.dataset:
+            meta = {"dataset": args.dataset, "views": args.views, "stride": args.stride}
+            sets = dataset_view_sets(args.dataset, args.views, stride=args.stride, seed=args.first_seed)
+            paths = write_shards(sets, args.out, args.shard_size, meta=meta)
+            print(f"wrote {len(paths)} shards to {args.out}")
+            return 0
         w, h = args.size
         seeds = training_seeds(args.sets, args.first_seed)
         opts = {"baseline_m": tuple(args.baseline), "max_angular_speed": args.max_angular_speed}

@@ -17,6 +17,7 @@ downsampled 4x (area) and upsampled back (bicubic), computed on the fly.
 from __future__ import annotations
 
 import json
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -28,6 +29,7 @@ import torch
 __all__ = [
     "DataError",
     "synthetic_view_sets",
+    "dataset_view_sets",
     "write_shards",
     "ShardStore",
     "BatchSampler",
@@ -53,6 +55,37 @@ def synthetic_view_sets(seeds: Iterable[int], n_views: int, width: int, height: 
         sharp = np.stack([f.extras["sharp"] for f in frames])
         blurred = np.stack([f.image for f in frames])
         yield sharp, blurred
+
+
+def dataset_view_sets(path: str | Path, n_views: int, stride: int = 1, seed: int = 0,
+                      max_angular_speed: float = 3.0, **reader_options) -> Iterator[ViewSet]:
+    """View sets from a recorded dataset read by :func:`sirdiff_ros.data.readers.read_frames`.
+
+    Each set is ``n_views`` consecutive frames, a new set every ``stride``
+    frames. Frames that carry a ground-truth sharp image (``extras['sharp']``,
+    synthetic sequences) give (sharp, recorded) pairs; sharp real frames are
+    motion-blurred by the physical degrader (:func:`sirdiff_ros.data.degrade.blur_frame`)
+    with an angular speed drawn uniformly in [0, ``max_angular_speed``] per
+    view, so blur varies across the views of a set. Mono frames become RGB.
+    """
+    from sirdiff_ros.data.degrade import blur_frame
+    from sirdiff_ros.data.readers import read_frames
+
+    if n_views < 1 or stride < 1:
+        raise DataError(f"n_views and stride must be >= 1, got {n_views}, {stride}")
+    rng = np.random.default_rng(seed)
+    rgb = lambda a: np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a  # noqa: E731
+    window: deque = deque(maxlen=n_views)  # (frame index, (sharp, degraded))
+    for i, frame in enumerate(read_frames(path, **reader_options)):
+        if "sharp" in frame.extras:
+            pair = (rgb(frame.extras["sharp"]), rgb(frame.image))
+        else:
+            strength = float(rng.uniform(0, max_angular_speed))
+            blurred, _ = blur_frame(frame, seed=seed * 100003 + i, angular_speed=strength)
+            pair = (rgb(frame.image), rgb(blurred.image))
+        window.append((i, pair))
+        if len(window) == n_views and window[0][0] % stride == 0:
+            yield np.stack([p[1][0] for p in window]), np.stack([p[1][1] for p in window])
 
 
 def write_shards(sets: Iterable[ViewSet], out_dir: str | Path, sets_per_shard: int = 64,
