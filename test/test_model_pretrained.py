@@ -152,9 +152,9 @@ def test_reproduces_the_2d_unet_per_view_without_3d_attention(sd_unet, svd_root)
     with torch.no_grad():
         ours = model.eval()(sample, timesteps, cond).sample
         # (B, N, C, H, W) -> (B*N, C, H, W) for the 2D UNet, one timestep per view
-        reference = sd_unet[1](
-            sample.reshape(6, 4, SIZE, SIZE), timesteps.repeat_interleave(3), encoder_hidden_states=torch.zeros(6, 1, 24)
-        ).sample
+        flat = sample.reshape(6, 4, SIZE, SIZE)
+        text = torch.zeros(6, 1, 24)
+        reference = sd_unet[1](flat, timesteps.repeat_interleave(3), encoder_hidden_states=text).sample
     torch.testing.assert_close(ours, reference.reshape(2, 3, 4, SIZE, SIZE), rtol=0, atol=0)
 
 

@@ -347,9 +347,8 @@ class ViewUpBlock(_ViewBlockBase):
             resnets.append(SpatialViewResBlock(resnet_in + skip_channels, out_channels, temb_channels, **resnet_kw))
         self.resnets = nn.ModuleList(resnets)
         self.attentions = _transformers(out_channels, head_dim, layers, attn_kw) if attention else None
-        self.upsamplers = (
-            nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)]) if add_upsample else None
-        )
+        upsampler = Upsample2D(out_channels, use_conv=True, out_channels=out_channels) if add_upsample else None
+        self.upsamplers = nn.ModuleList([upsampler]) if upsampler is not None else None
 
     def forward(
         self,

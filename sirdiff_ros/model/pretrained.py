@@ -288,7 +288,9 @@ def sirdiff_config_from_sd(
     head_dims = []
     for lvl, ch in enumerate(channels):
         if ch % heads[lvl]:
-            raise PretrainedWeightsError(f"{config_file}: key 'attention_head_dim': {heads[lvl]} heads do not divide {ch}")
+            raise PretrainedWeightsError(
+                f"{config_file}: key 'attention_head_dim': {heads[lvl]} heads do not divide {ch} channels"
+            )
         head_dims.append(ch // heads[lvl])
     view_levels = tuple(has and lvl > 0 for lvl, has in enumerate(attention))
     result: dict[str, Any] = dict(
