@@ -148,6 +148,11 @@ def test_mono_images_and_bad_requests(view_sets):
     gt = cv2.cvtColor(views[0].extras["sharp"], cv2.COLOR_RGB2GRAY)
     assert rv.image.shape == mono[0].image.shape and rv.image.dtype == np.uint8
     assert psnr(rv.image, gt) > psnr(mono[0].image, gt) + 1.0
+    # Partners of another size or colour layout are not used (one pixel grid).
+    other = [views[0]] + [dataclasses.replace(v, image=cv2.resize(v.image, (96, 72)), depth=None,
+                                              intrinsics=v.intrinsics.scaled(0.5)) for v in views[1:]]
+    rv = FusionRestorer().restore(RestoreRequest(other, [0])).for_index(0)
+    assert not rv.restored and rv.reason == "no_sharper_partner" and rv.image is views[0].image
     with pytest.raises(ValueError, match="out of range"):
         FusionRestorer().restore(RestoreRequest(views, [7]))
     with pytest.raises(ValueError, match="unknown fusion options"):

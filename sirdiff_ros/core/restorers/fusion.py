@@ -1,7 +1,8 @@
 """The ``fusion`` backend: take sharp content from aligned partner views.
 
 A region blurred in the target is often sharp in another view. For each
-partner that is sharper than the target, per target pixel:
+partner that is sharper than the target (and has its image size and colour
+layout: one camera), per target pixel:
 
 1. Align (target pixel -> partner pixel), at ``work_scale`` of the image:
    * depth path (the target has depth, both views have poses): reprojection,
@@ -379,7 +380,9 @@ class FusionRestorer:
         partners = [
             (j, v)
             for j, v in enumerate(views)
-            if j != ti and v.image.ndim == img.ndim and sharpness(v.image) > cfg.min_global_ratio * t_score
+            # Same camera geometry (size, colour) as the target: the alignment
+            # works on one pixel grid.
+            if j != ti and v.image.shape == img.shape and sharpness(v.image) > cfg.min_global_ratio * t_score
         ]
         if not partners:
             return RestoredView(ti, img, False, "no_sharper_partner", {"partners_used": 0})
