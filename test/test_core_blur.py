@@ -81,3 +81,14 @@ def test_reblur_equals_full_kernel_convolution():
         full = cv2.filter2D(img, -1, np.ascontiguousarray(k[::-1, ::-1]), borderType=cv2.BORDER_REPLICATE)
         assert np.abs(reblur(img, k) - full).max() < 1e-5
     assert np.array_equal(reblur(img, np.zeros((5, 5), np.float32)), img)
+
+
+def test_kernel_extent_measures_motion_length():
+    from sirdiff_ros.core.reblur import kernel_extent
+
+    for length, angle in ((5, 0.0), (11, 30.0), (21, 90.0)):
+        k = line_kernel(length if length % 2 else length + 1, angle)
+        assert kernel_extent(np.pad(k, 4)) == pytest.approx(length, rel=0.15)
+    delta = np.zeros((9, 9), np.float32)
+    delta[4, 4] = 1.0
+    assert kernel_extent(delta) == 0.0

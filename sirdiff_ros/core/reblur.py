@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["estimate_kernel", "kernel_centroid", "center_kernel", "reblur"]
+__all__ = ["estimate_kernel", "kernel_centroid", "kernel_extent", "center_kernel", "reblur"]
 
 
 def estimate_kernel(sharp: np.ndarray, blurred: np.ndarray, mask: np.ndarray, size: int, reg: float = 1e-2) -> np.ndarray:
@@ -104,3 +104,19 @@ def center_kernel(kernel: np.ndarray) -> np.ndarray:
     k = np.maximum(k, 0.0)
     total = float(k.sum())
     return (k / total).astype(np.float32) if total > 1e-6 else kernel
+
+
+def kernel_extent(kernel: np.ndarray) -> float:
+    """Length (px) of the equivalent linear motion along the kernel's main axis:
+    ``sqrt(12 * largest eigenvalue of its second-moment matrix)`` (a box of
+    length L has variance L^2 / 12)."""
+    total = float(kernel.sum())
+    if total <= 0:
+        return 0.0
+    h, w = kernel.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    k = kernel / total
+    cx, cy = float((k * xs).sum()), float((k * ys).sum())
+    dx, dy = xs - cx, ys - cy
+    cov = np.array([[(k * dx * dx).sum(), (k * dx * dy).sum()], [(k * dx * dy).sum(), (k * dy * dy).sum()]])
+    return float(np.sqrt(12.0 * max(np.linalg.eigvalsh(cov)[-1], 0.0)))

@@ -51,7 +51,7 @@ import numpy as np
 
 from ..blur import local_sharpness, sharpness, to_grey
 from ..frame import Frame
-from ..reblur import center_kernel, estimate_kernel, kernel_centroid, reblur
+from ..reblur import center_kernel, estimate_kernel, kernel_centroid, kernel_extent, reblur
 from .base import RestoredView, RestoreRequest, RestoreResult, register_restorer
 from .passthrough import check_request
 
@@ -62,7 +62,8 @@ __all__ = ["FusionConfig", "FusionRestorer", "align_partner"]
 class FusionConfig:
     """Parameters of the fusion restorer (pixel sizes are at ``work_scale``)."""
 
-    work_scale: float = 0.5  # resolution of flow, checks and weight maps
+    work_scale: float = 0.5  # resolution of flow, checks and weight maps ...
+    adapt_scale: bool = True  # ... halved when the relative blur outgrows 0.8 kernel_size
     use_depth: bool = True  # reprojection when the target has depth and poses
     refine_flow: bool = True  # depth path: residual flow (pose errors); flow path: re-blurred second pass
     refine_shift_px: float = 1.5  # depth path: refine only when the blur kernel is off-centre by more (px)
@@ -115,7 +116,8 @@ class Alignment:
     ``flow`` (h, w, 2): target pixel -> partner pixel offset; ``trust`` (h, w)
     in [0, 1]; ``matched`` the partner grey warped to the target and re-blurred
     like it; ``sharp`` the same without re-blurring; ``gain`` the per-channel
-    exposure gain partner -> target;
+    exposure gain partner -> target; ``blur_extent`` the length (px at work
+    scale) of the relative blur kernel;
     ``method`` "depth" or "flow", with "+refine" when refined.
     """
 
@@ -125,6 +127,7 @@ class Alignment:
     sharp: np.ndarray
     gain: np.ndarray
     method: str
+    blur_extent: float = 0.0
 
 
 def _grey_f32(image: np.ndarray) -> np.ndarray:
@@ -344,7 +347,7 @@ def align_partner(
     structured = std_t > config.structure_std
     ok = np.clip((ncc - config.ncc_min) / (1.0 - config.ncc_min) * 2.0, 0.0, 1.0)
     trust *= np.where(structured, ok, 1.0)
-    return Alignment(flow, trust.astype(np.float32), matched, sharp_w, gain, method)
+    return Alignment(flow, trust.astype(np.float32), matched, sharp_w, gain, method, kernel_extent(kernel))
 
 
 @register_restorer("fusion")
@@ -386,14 +389,30 @@ class FusionRestorer:
         ]
         if not partners:
             return RestoredView(ti, img, False, "no_sharper_partner", {"partners_used": 0})
-        H, W = img.shape[:2]
-        size = (max(8, int(round(W * cfg.work_scale))), max(8, int(round(H * cfg.work_scale))))
-        tg = _resize(_grey_f32(img), size)
+        scale = cfg.work_scale
+        aligned, extent = self._align_all(target, partners, scale)
+        # A blur longer than the kernel window cannot be modelled at this scale
+        # (checks then reject most pixels): work at half the resolution.
+        if cfg.adapt_scale and extent > 0.8 * cfg.kernel_size and img.shape[1] * scale / 2 >= 64:
+            scale /= 2
+            aligned, extent = self._align_all(target, partners, scale)
+        view = self._blend(views, ti, aligned, scale)
+        view.info["work_scale"] = scale
+        view.info["blur_extent_px"] = extent / scale
+        return view
+
+    def _align_all(self, target: Frame, partners: list, scale: float) -> tuple[list, float]:
+        """Align every partner at ``scale``: [(index, method, gain, weight map, flow)],
+        and the longest relative blur (px at that scale)."""
+        cfg = self.config
+        H, W = target.image.shape[:2]
+        size = (max(8, int(round(W * scale))), max(8, int(round(H * scale))))
+        tg = _resize(_grey_f32(target.image), size)
         e_t = local_sharpness(tg, cfg.sharpness_sigma)
         tg_score = sharpness(np.clip(tg, 0, 255).astype(np.uint8))
         dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[cfg.dis_preset])
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * cfg.erode_px + 1,) * 2) if cfg.erode_px else None
-        weights, flows, used = [], [], []
+        out, extent = [], 0.0
         for j, p in partners:
             al = align_partner(target, p, tg, tg_score, cfg, dis)
             # Local sharpness of the *unblurred* partner, warped to the target.
@@ -403,24 +422,28 @@ class FusionRestorer:
             if kernel is not None:
                 wmap = cv2.erode(wmap, kernel)
             wmap = cv2.GaussianBlur(wmap, (0, 0), cfg.weight_sigma)
-            weights.append(wmap)
-            flows.append(al.flow)
-            used.append((j, al.method, al.gain))
-        wsum = np.sum(weights, axis=0)
+            out.append((j, al.method, al.gain, wmap, al.flow))
+            extent = max(extent, al.blur_extent)
+        return out, extent
+
+    def _blend(self, views: Any, ti: int, aligned: list, scale: float) -> RestoredView:
+        """Fuse the aligned partners into the target at full resolution."""
+        img = views[ti].image
+        H, W = img.shape[:2]
+        wsum = np.sum([a[3] for a in aligned], axis=0)
         norm = np.maximum(wsum, 1.0)
         tgt_f = img.astype(np.float32)
         acc = np.zeros_like(tgt_f)  # sum_j w_j * gain_j * warped_j
         wtot = np.zeros((H, W), np.float32)  # sum_j w_j
         info: dict[str, Any] = {"partners_used": 0, "methods": {}, "mean_weight": {}}
-        for (j, method, gain), wmap, flow in zip(used, weights, flows):
+        for j, method, gain, wmap, flow in aligned:
             wn = wmap / norm
             if float(wn.max()) < 1e-3:
                 continue
             # Work scale -> full resolution: weights and flow (values scale too).
+            h, w = wn.shape
             wf = cv2.resize(wn, (W, H), interpolation=cv2.INTER_LINEAR)
-            ff = cv2.resize(flow, (W, H), interpolation=cv2.INTER_LINEAR) * np.array(
-                [W / size[0], H / size[1]], np.float32
-            )
+            ff = cv2.resize(flow, (W, H), interpolation=cv2.INTER_LINEAR) * np.array([W / w, H / h], np.float32)
             warped = _warp(views[j].image, ff)  # uint8 remap: less memory traffic
             # Smoothed weights reach a few pixels past the partner's border: cut there.
             wf *= _inside(ff, views[j].image.shape)
