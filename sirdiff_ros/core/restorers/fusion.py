@@ -4,7 +4,10 @@ A region blurred in the target is often sharp in another view. For each
 partner that is sharper than the target (and has its image size and colour
 layout: one camera), per target pixel:
 
-1. Align (target pixel -> partner pixel), at ``work_scale`` of the image:
+1. Align (target pixel -> partner pixel), at ``work_scale`` of the image
+   (halved, with ``adapt_scale``, when the relative blur kernel comes out
+   longer than 0.8 ``kernel_size``: such a blur cannot be modelled at that
+   scale and the checks would reject most pixels):
    * depth path (the target has depth, both views have poses): reprojection,
      exact for a static scene with exact poses. When the relative blur
      kernel comes out off-centre by more than ``refine_shift_px`` (motion
