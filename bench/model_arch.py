@@ -5,7 +5,8 @@ sizes: 16x16x4 (the CPU training size of DESIGN.md) and 64x48x48 (a 256x192
 image through the small presets' 4x space-to-depth encoding). The training
 step is forward + backward + AdamW on 4 sets of 4 views at 16x16x4, the
 DESIGN.md measurement (~6,000 steps/hour for the 7M model). ``sd21`` is
-counted on the meta device only (one forward needs a GPU).
+counted on the meta device only (parameters and the FLOPs of one forward,
+the floor for an achieved-TFLOP/s figure on a GPU).
 
 Every case runs in its own process, so peak RSS belongs to that case. Wall
 times depend on what else runs on the machine: each row records the 1-minute
@@ -106,16 +107,53 @@ def _param_counts() -> dict[str, int]:
         return {name: build_model(name).num_parameters() for name in ("tiny", "small", "base", "sd21")}
 
 
+def _forward_tflops() -> dict[str, dict[str, float]]:
+    """Counted FLOPs of one forward (one set), on the meta device (no memory, no time).
+
+    sd21 at 64x48 latents (a 512x384 image through SD's VAE) for N in 1..16;
+    the CPU presets at this bench's latent sizes, N = 4.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sirdiff_ros.model import build_model
+
+    def count(model, views: int, channels: int, height: int, width: int) -> float:
+        x = torch.empty(1, views, channels, height, width)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x, torch.tensor([500]), x)
+        return round(counter.get_total_flops() / 1e12, 4)
+
+    out: dict[str, dict[str, float]] = {}
+    with torch.device("meta"):
+        sd21 = build_model("sd21").eval()
+        out["sd21_64x48x4"] = {f"N={n}": count(sd21, n, 4, 64, 48) for n in (1, 2, 4, 8, 16)}
+        for preset in PRESETS:
+            for case, (_, channels, height, width, _) in CASES.items():
+                if case.startswith("forward"):
+                    model = build_model(preset, in_channels=channels, cond_channels=channels, out_channels=channels)
+                    out.setdefault(preset, {})[f"{case} N=4"] = count(model.eval(), VIEWS, channels, height, width)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", help="internal: run one case (PRESET:CASE) and print JSON")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--presets", nargs="*", default=list(PRESETS))
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
+    parser.add_argument("--counts-only", action="store_true", help="parameters and FLOPs only; keep the timed rows")
     args = parser.parse_args()
     if args.case:
         preset, case = args.case.split(":")
         print(json.dumps(_run_case(preset, case, args.repeats)))
+        return
+
+    if args.counts_only:
+        report = json.loads(RESULT.read_text()) if RESULT.is_file() else {"rows": []}
+        report.update(parameters=_param_counts(), forward_tflops=_forward_tflops())
+        RESULT.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report["forward_tflops"]))
         return
 
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "2"}
@@ -135,6 +173,7 @@ def main() -> None:
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
         "parameters": _param_counts(),
+        "forward_tflops": _forward_tflops(),
         "rows": rows,
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)

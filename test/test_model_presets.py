@@ -93,3 +93,14 @@ def test_preset_errors_and_read_only_table() -> None:
         preset_config("tiny", channels=3)
     with pytest.raises(TypeError):
         PRESETS["tiny"]["layers_per_block"] = 5  # type: ignore[index]
+
+
+@pytest.mark.parametrize("views, height, width", [(4, 48, 64), (1, 50, 66)])
+def test_sd21_forward_shapes_on_the_meta_device(views: int, height: int, width: int) -> None:
+    # four levels, attention-free last level, sizes divisible by 8 or not; no memory used
+    with torch.device("meta"):
+        model = build_model("sd21").eval()
+        x = torch.empty(1, views, 4, height, width)
+        with torch.no_grad():
+            out = model(x, torch.tensor([500]), x).sample
+    assert out.shape == (1, views, 4, height, width)
