@@ -147,13 +147,15 @@ class SpatialViewResBlock(nn.Module):
         self.temporal_res_block = ViewConvBranch(out_channels, temb_channels, groups=groups, eps=view_eps)
         self.blend_alpha = nn.Parameter(torch.tensor([float(alpha_init)]))
         self.view_gate = nn.Parameter(torch.zeros(out_channels))
-        self.alpha_init = float(alpha_init)  # a_0: a constant of the config, not learned
+        # a_0, a constant of the config: a non-persistent buffer, so it follows .to(device, dtype)
+        # like blend_alpha (no host-to-device copy per forward) and stays out of checkpoints.
+        self.register_buffer("blend_alpha_init", torch.tensor([float(alpha_init)]), persistent=False)
 
     def blend_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(w_2D, w_3D) = (sigmoid(a), sigmoid(1 - a)) / sigmoid(a_0); w_2D is exactly 1.0 while a == a_0."""
         alpha = self.blend_alpha
         # sigmoid(a_0) computed like sigmoid(a) (same dtype, same op) so the ratio is exactly 1 at init.
-        norm = torch.sigmoid(torch.tensor([self.alpha_init], dtype=alpha.dtype, device=alpha.device))
+        norm = torch.sigmoid(self.blend_alpha_init.to(alpha.dtype))
         return torch.sigmoid(alpha) / norm, torch.sigmoid(1.0 - alpha) / norm
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, num_views: int) -> torch.Tensor:
