@@ -223,3 +223,24 @@ def test_bad_timestep_shape_is_rejected(tiny: SirDiffUNet) -> None:
 def test_inconsistent_configs_are_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_model("tiny", **kwargs)
+
+
+def test_zero_initialised_parts_still_learn() -> None:
+    # Zero gates and zeroed condition channels must not be dead ends for the gradient.
+    torch.manual_seed(4)
+    model = build_model("tiny")
+    with torch.no_grad():
+        model.conv_in.weight[:, 4:].zero_()  # as after widening a pretrained conv_in
+    sample, cond = _inputs(1, 3)
+    model(sample, 100, cond).sample.square().mean().backward()
+    assert torch.count_nonzero(model.conv_in.weight.grad[:, 4:]) > 0
+    block = model.down_blocks[0].resnets[0]
+    assert torch.count_nonzero(block.view_gate.grad) > 0
+    assert float(block.blend_alpha.grad.abs()) > 0
+    # the 3D convolutions receive gradient only once their gate has opened (ControlNet-style)
+    assert torch.count_nonzero(block.temporal_res_block.conv2.weight.grad) == 0
+    model.zero_grad()
+    with torch.no_grad():
+        block.view_gate.fill_(0.1)
+    model(sample, 100, cond).sample.square().mean().backward()
+    assert torch.count_nonzero(block.temporal_res_block.conv2.weight.grad) > 0
