@@ -170,6 +170,11 @@ def test_save_load_round_trip(tiny: SirDiffUNet, tmp_path) -> None:
     sample, cond = _inputs(1, 2)
     with torch.no_grad():
         torch.testing.assert_close(loaded(sample, 40, cond).sample, tiny(sample, 40, cond).sample, rtol=0, atol=0)
+    # loading in bf16 keeps the blend's initial 2D weight at exactly one
+    half = SirDiffUNet.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    blocks = [m for m in half.modules() if isinstance(m, SpatialViewResBlock)]
+    with torch.no_grad():
+        assert blocks and all(float(b.blend_weights()[0]) == 1.0 for b in blocks)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients() -> None:
