@@ -184,6 +184,24 @@ def bench_real_views() -> dict:
     return out
 
 
+def bench_gate(seeds: list[int]) -> dict:
+    """Blur gate against the generator's blur extent on 60-frame 320x240
+    sequences: keyframes gated as targets vs keyframes blurred over 3 / 6 px."""
+    from sirdiff_ros.core.pipeline import PipelineConfig, RestorationPipeline
+
+    counts = {t: {"tp": 0, "fp": 0, "fn": 0, "tn": 0} for t in (3, 6)}
+    for seed in seeds:
+        pipe = RestorationPipeline(PipelineConfig(), "passthrough")
+        for f in generate_sequence(seed, 60, 320, 240):
+            d = pipe.ingest(f)
+            if not d.is_keyframe or d.reason == "no_reference":
+                continue
+            for t, c in counts.items():
+                blurred = f.extras["blur_px"] > t
+                c[("t" if d.is_target == blurred else "f") + ("p" if d.is_target else "n")] += 1
+    return {f"gate_blur_over_{t}px_{k}": v for t, c in counts.items() for k, v in c.items()}
+
+
 def bench_memory() -> dict:
     K = default_intrinsics(640, 480)
     rgb = Frame(np.zeros((480, 640, 3), np.uint8), 0, K, None)
@@ -251,6 +269,7 @@ def main() -> int:
     results.update(bench_fusion(seeds))
     results.update(bench_flow_bias(seeds))
     results.update(bench_real_views())
+    results.update(bench_gate(seeds[:3]))
     results.update(bench_memory())
     results["machine"]["loadavg_end"] = os.getloadavg()[0]
     for k, v in results.items():
