@@ -19,6 +19,7 @@ over a large keyframe buffer stays linear and cheap.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Sequence
@@ -89,24 +90,46 @@ def target_grid(
     if gw < 1 or gh < 1:
         raise ValueError(f"grid must be at least 1x1, got {grid}")
     w, h = intrinsics.width, intrinsics.height
-    # Cell centres in pixel coordinates (pixel centres at integers).
-    us = (np.arange(gw) + 0.5) * w / gw - 0.5
-    vs = (np.arange(gh) + 0.5) * h / gh - 0.5
-    uu, vv = np.meshgrid(us, vs)
-    uv = np.stack([uu.ravel(), vv.ravel()], axis=-1)  # (G, 2)
+    if depth is None:
+        pts_cam, valid = _prior_grid(intrinsics, gw, gh, float(depth_range[0]), float(depth_range[1]), n_depths)
+        return OverlapGrid(pose.transform_points(pts_cam), valid, (gw, gh))
+    if depth.shape != (h, w):
+        raise GeometryError(f"depth shape {depth.shape} does not match intrinsics {w}x{h}")
+    uv = _cell_centres(w, h, gw, gh)  # (G, 2)
     prior = inverse_depth_samples(depth_range, n_depths)  # (D,)
     z = np.broadcast_to(prior[:, None], (n_depths, uv.shape[0])).copy()  # (D, G)
     valid = np.ones_like(z, dtype=bool)
-    if depth is not None:
-        if depth.shape != (h, w):
-            raise GeometryError(f"depth shape {depth.shape} does not match intrinsics {w}x{h}")
-        cell_depth = _cell_medians(depth, gw, gh)  # (G,)
-        measured = np.isfinite(cell_depth) & (cell_depth > 0)
-        # Measured cells use one sample (repeated across D, marked valid once).
-        z[:, measured] = cell_depth[measured]
-        valid[1:, measured] = False
+    cell_depth = _cell_medians(depth, gw, gh)  # (G,)
+    measured = np.isfinite(cell_depth) & (cell_depth > 0)
+    # Measured cells use one sample (repeated across D, marked valid once).
+    z[:, measured] = cell_depth[measured]
+    valid[1:, measured] = False
     pts_cam = intrinsics.unproject(np.broadcast_to(uv, (n_depths,) + uv.shape), z)  # (D, G, 3)
     return OverlapGrid(pose.transform_points(pts_cam), valid, (gw, gh))
+
+
+def _cell_centres(w: int, h: int, gw: int, gh: int) -> np.ndarray:
+    """(G, 2) pixel coordinates of the grid cells' centres (pixel centres at integers)."""
+    us = (np.arange(gw) + 0.5) * w / gw - 0.5
+    vs = (np.arange(gh) + 0.5) * h / gh - 0.5
+    uu, vv = np.meshgrid(us, vs)
+    return np.stack([uu.ravel(), vv.ravel()], axis=-1)
+
+
+@functools.lru_cache(maxsize=32)
+def _prior_grid(
+    intrinsics: CameraIntrinsics, gw: int, gh: int, near: float, far: float, n_depths: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-frame points (D, G, 3) of the depth-prior grid and its all-True mask;
+    cached: selection asks for the same grid for every target of a camera."""
+    uv = _cell_centres(intrinsics.width, intrinsics.height, gw, gh)
+    prior = inverse_depth_samples((near, far), n_depths)
+    z = np.broadcast_to(prior[:, None], (n_depths, uv.shape[0]))
+    pts = intrinsics.unproject(np.broadcast_to(uv, (n_depths,) + uv.shape), z)
+    valid = np.ones(z.shape, dtype=bool)
+    pts.flags.writeable = False
+    valid.flags.writeable = False
+    return pts, valid
 
 
 def _cell_medians(depth: np.ndarray, gw: int, gh: int) -> np.ndarray:
