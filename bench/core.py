@@ -186,20 +186,25 @@ def bench_real_views() -> dict:
 
 def bench_gate(seeds: list[int]) -> dict:
     """Blur gate against the generator's blur extent on 60-frame 320x240
-    sequences: keyframes gated as targets vs keyframes blurred over 3 / 6 px."""
+    sequences: keyframes gated as targets vs keyframes blurred over 3 / 6 px,
+    with the sharpness score alone and with the exposure time known (motion)."""
     from sirdiff_ros.core.pipeline import PipelineConfig, RestorationPipeline
 
-    counts = {t: {"tp": 0, "fp": 0, "fn": 0, "tn": 0} for t in (3, 6)}
-    for seed in seeds:
-        pipe = RestorationPipeline(PipelineConfig(), "passthrough")
-        for f in generate_sequence(seed, 60, 320, 240):
-            d = pipe.ingest(f)
-            if not d.is_keyframe or d.reason == "no_reference":
-                continue
-            for t, c in counts.items():
-                blurred = f.extras["blur_px"] > t
-                c[("t" if d.is_target == blurred else "f") + ("p" if d.is_target else "n")] += 1
-    return {f"gate_blur_over_{t}px_{k}": v for t, c in counts.items() for k, v in c.items()}
+    out: dict[str, Any] = {}
+    frames = {seed: list(generate_sequence(seed, 60, 320, 240)) for seed in seeds}
+    for mode, exposure in (("score", 0.0), ("motion", 0.03)):
+        counts = {t: {"tp": 0, "fp": 0, "fn": 0, "tn": 0} for t in (3, 6)}
+        for seed in seeds:
+            pipe = RestorationPipeline(PipelineConfig(exposure_s=exposure), "passthrough")
+            for f in frames[seed]:
+                d = pipe.ingest(f)
+                if not d.is_keyframe or d.reason == "no_reference":
+                    continue
+                for t, c in counts.items():
+                    blurred = f.extras["blur_px"] > t
+                    c[("t" if d.is_target == blurred else "f") + ("p" if d.is_target else "n")] += 1
+        out.update({f"gate_{mode}_blur_over_{t}px_{k}": v for t, c in counts.items() for k, v in c.items()})
+    return out
 
 
 def bench_memory() -> dict:

@@ -208,3 +208,30 @@ def test_bad_configuration_is_rejected():
         PipelineConfig(min_overlap=2.0)
     with pytest.raises(ValueError, match="unknown restorer"):
         RestorationPipeline(PipelineConfig(), "no-such-backend")
+
+
+def test_known_exposure_gates_by_camera_motion():
+    """With the exposure time the camera's motion predicts the blur: blurred
+    keyframes are caught whatever the scene content, still ones are passed."""
+    frames = list(generate_sequence(1, 80, 160, 120, burst_rate=1.0))
+    blur = {f.seq: f.extras["blur_px"] for f in frames}
+    pipe = RestorationPipeline(PipelineConfig(exposure_s=frames[0].extras["exposure_s"], motion_blur_px=2.0), "passthrough")
+    decisions = [pipe.ingest(f) for f in frames]
+    kf = [d for d in decisions if d.is_keyframe and d.frame.seq > 0]
+    pred = np.array([d.predicted_blur_px for d in kf])
+    true = np.array([blur[d.frame.seq] for d in kf])
+    corr = float(np.corrcoef(pred, true)[0, 1])
+    caught = [d.is_target for d in kf if blur[d.frame.seq] > 3.0]
+    passed = [not d.is_target for d in kf if blur[d.frame.seq] < 1.0]
+    print(f"\npredicted vs generated blur over {len(kf)} keyframes: correlation {corr:.3f}; "
+          f"blur > 3 px caught {sum(caught)}/{len(caught)}; blur < 1 px passed {sum(passed)}/{len(passed)}")
+    score_only = RestorationPipeline(PipelineConfig(), "passthrough")
+    caught_by_score = [score_only.ingest(f) for f in frames]
+    n_score = sum(d.is_target for d in caught_by_score if d.is_keyframe and blur[d.frame.seq] > 3.0)
+    print(f"score gate alone: blur > 3 px caught {n_score}/{len(caught)}")
+    assert corr > 0.8
+    assert len(caught) >= 8 and np.mean(caught) >= 0.9 and sum(caught) > n_score
+    assert len(passed) >= 8 and np.mean(passed) >= 0.85
+    # Unknown exposure: no prediction, the score gate alone.
+    d = RestorationPipeline(PipelineConfig(), "passthrough").ingest(frames[5])
+    assert math.isnan(d.predicted_blur_px)

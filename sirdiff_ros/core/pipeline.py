@@ -20,6 +20,13 @@ to a few blurred ones). Keyframes above it pass through untouched with reason
 ``sharp``. Until ``gate_min_peers`` earlier keyframes exist there is no
 reference and keyframes pass with reason ``no_reference``.
 
+The score depends on scene content (a turn towards a finely textured
+surface raises it). When the exposure time is known (``exposure_s`` > 0)
+the camera's own motion predicts the blur
+(:func:`~sirdiff_ros.core.blur.predicted_blur_px`, from the velocity since
+the previous posed frame): a keyframe is a target when the predicted blur
+reaches ``motion_blur_px``, or reaches half of it and the score gate agrees.
+
 Reasons a frame is passed through (``RestorationOutcome.reason``):
 ``not_keyframe``, ``no_pose``, ``no_reference``, ``sharp``, ``no_partners``,
 ``backend_error``, or the backend's own reason (e.g. ``passthrough``,
@@ -36,8 +43,10 @@ from typing import Any, cast
 
 import numpy as np
 
+from .blur import predicted_blur_px
 from .blur import sharpness as sharpness_score
 from .frame import Frame
+from .geometry import Pose
 from .keyframes import Admission, Keyframe, KeyframeBuffer, KeyframeConfig
 from .restorers.base import RestoreRequest, Restorer, create_restorer
 from .selection import SelectionConfig, ViewSelection, select_views
@@ -75,6 +84,9 @@ class PipelineConfig:
     depth_range: tuple[float, float] = (0.5, 10.0)
     sharpness_weight: float = 0.5
     duplicate_penalty: float = 0.1
+    exposure_s: float = 0.0  # camera exposure time; 0: unknown (sharpness gate only)
+    motion_blur_px: float = 4.0  # predicted motion blur that makes a keyframe a target
+    max_velocity_gap_s: float = 0.5  # previous pose older than this: no velocity
 
     def __post_init__(self) -> None:
         if self.num_views < 1:
@@ -83,6 +95,8 @@ class PipelineConfig:
             raise ValueError(f"blur_ratio must be in (0, 1], got {self.blur_ratio}")
         if self.gate_window < 1 or self.gate_min_peers < 1 or self.gate_min_peers > self.gate_window:
             raise ValueError("need 1 <= gate_min_peers <= gate_window")
+        if not (math.isfinite(self.exposure_s) and self.exposure_s >= 0 and self.motion_blur_px > 0):
+            raise ValueError("exposure_s must be >= 0 and motion_blur_px > 0")
         if not 0.0 <= self.gate_quantile <= 1.0:
             raise ValueError(f"gate_quantile must be in [0, 1], got {self.gate_quantile}")
         _ = self.selection  # builds (and so validates) the selection fields too
@@ -104,7 +118,9 @@ class FrameDecision:
     ``reason`` is empty for targets, else why the frame is not one.
     ``reference_sharpness`` is the gate's reference (NaN without one).
     ``admission`` is the keyframe buffer's verdict; ``ingest_time`` a
-    ``time.monotonic()`` reading taken on arrival.
+    ``time.monotonic()`` reading taken on arrival; ``predicted_blur_px`` the
+    motion blur predicted from the camera's velocity (NaN without
+    ``exposure_s`` or a recent previous pose).
     """
 
     frame: Frame
@@ -115,6 +131,7 @@ class FrameDecision:
     reference_sharpness: float = math.nan
     admission: Admission | None = None
     ingest_time: float = 0.0
+    predicted_blur_px: float = math.nan
 
 
 @dataclass
@@ -212,6 +229,7 @@ class RestorationPipeline:
         self.restorer: Restorer = create_restorer(restorer) if isinstance(restorer, str) else restorer
         self.buffer = KeyframeBuffer(self.config.keyframe)
         self._lock = threading.Lock()  # admission + gating
+        self._prev_pose: tuple[int, Pose] | None = None  # last posed frame, for the velocity
         self._count_lock = threading.Lock()
         self._counts: dict[str, int] = {}
 
@@ -225,6 +243,7 @@ class RestorationPipeline:
         # keyframes) consistent with the admission when two threads ingest.
         with self._lock:
             adm = self.buffer.consider(frame, sharpness=s)
+            motion = self._motion_blur(frame)
             ref = math.nan
             if not adm.admitted:
                 reason = "no_pose" if adm.reason == "no_pose" else "not_keyframe"
@@ -232,16 +251,39 @@ class RestorationPipeline:
             else:
                 kf = cast(Keyframe, adm.keyframe)  # set whenever admitted
                 peers = self.buffer.recent_sharpness(cfg.gate_window, before_index=kf.index)
-                if peers.size < cfg.gate_min_peers:
-                    reason, is_target = "no_reference", False
-                else:
+                if peers.size >= cfg.gate_min_peers:
                     ref = float(np.quantile(peers, cfg.gate_quantile))
-                    is_target = s < cfg.blur_ratio * ref
+                blurred_score = math.isfinite(ref) and s < cfg.blur_ratio * ref
+                if math.isfinite(motion):
+                    # The camera's motion decides when it is clear-cut; the
+                    # score decides in between.
+                    is_target = motion >= cfg.motion_blur_px or (blurred_score and motion >= cfg.motion_blur_px / 2)
                     reason = "" if is_target else "sharp"
+                elif math.isfinite(ref):
+                    is_target = blurred_score
+                    reason = "" if is_target else "sharp"
+                else:
+                    reason, is_target = "no_reference", False
             self._count("frames")
             self._count("keyframes" if adm.admitted else "not_keyframes")
             self._count("targets" if is_target else f"passed.{reason}")
-        return FrameDecision(frame, s, adm.admitted, is_target, reason, ref, adm, t0)
+        return FrameDecision(frame, s, adm.admitted, is_target, reason, ref, adm, t0, motion)
+
+    def _motion_blur(self, frame: Frame) -> float:
+        """Predicted motion blur (px) from the previous posed frame, NaN when unknown.
+        Caller holds ``self._lock`` (the previous pose is shared state)."""
+        cfg = self.config
+        prev, self._prev_pose = self._prev_pose, (
+            (frame.stamp_ns, frame.pose) if frame.pose is not None else self._prev_pose
+        )
+        if cfg.exposure_s <= 0 or frame.pose is None or prev is None:
+            return math.nan
+        dt = (frame.stamp_ns - prev[0]) * 1e-9
+        if not 0 < dt <= cfg.max_velocity_gap_s:
+            return math.nan
+        return predicted_blur_px(
+            prev[0], prev[1], frame.stamp_ns, frame.pose, frame.intrinsics, cfg.exposure_s, cfg.depth_range, frame.depth
+        )
 
     # -- restore -----------------------------------------------------------------
     def select(self, decision: FrameDecision) -> ViewSelection:
