@@ -106,7 +106,7 @@ def _save_png(path: Path, rgb: np.ndarray) -> None:
 
 def run_demo(out: Path, frames: int, width: int, height: int, backend: str, seed: int, rate: float) -> dict[str, Any]:
     from ..data.bags import read_bag_frames, write_frames_bag
-    from ..data.synth import generate_sequence
+    from ..data.synth import SynthConfig, generate_sequence
     from ..evaluation.metrics import psnr, ssim
     from .bag_tools import play_bag, record_bag
 
@@ -125,6 +125,8 @@ def run_demo(out: Path, frames: int, width: int, height: int, backend: str, seed
     # Replay settings: every target may take its time (stream order is kept), the
     # config's defaults favour latency on a live camera instead.
     params = {**TOPICS, "backend": backend, "qos_reliability": "reliable", "latency_budget_s": 60.0, "queue_size": 64}
+    # The generator's exposure time is known: let the camera's motion predict the blur.
+    params["exposure_s"] = SynthConfig().exposure_s
     node = NodeProcess(params, params_file=_params_file(), log_path=out / "node.log")
     stop, ready = threading.Event(), threading.Event()
     counts: dict[str, int] = {}
