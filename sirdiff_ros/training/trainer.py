@@ -1,4 +1,9 @@
-"""The training loop: epsilon-prediction diffusion loss on random-N view sets.
+"""The training loop: diffusion loss on random-N view sets.
+
+The network target is the paper's epsilon or, by default, SD 2.1's
+v-prediction (measured here: eps-trained models of a CPU budget produce
+diverging few-step samples because the x0 estimate at t=999 multiplies the
+eps error by 1/sqrt(alpha_bar) ~ 15; v-prediction does not, see README).
 
 Built on ``accelerate.Accelerator`` so the same code runs on one CPU, one GPU
 or many GPUs (``accelerate launch -m sirdiff_ros.training.cli train ...``).
@@ -51,8 +56,11 @@ class TrainConfig:
     warmup_steps: int = 200
     weight_decay: float = 0.0
     ema_decay: float = 0.999
-    prediction_type: str = "epsilon"  # 'epsilon' (paper), 'v_prediction', 'sample'
+    prediction_type: str = "v_prediction"  # 'epsilon' (paper), 'v_prediction' (SD 2.1), 'sample'
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None: plain MSE
+    # Share of sets whose timestep is drawn from the noisiest 30% of the schedule
+    # (the rest uniformly): few-step sampling starts there (0: uniform, as the paper).
+    high_t_fraction: float = 0.0
     residual: bool = True
     encoder_factor: int = 4
     seed: int = 0
@@ -183,7 +191,11 @@ class Trainer:
         x0 = self.parametrization.target(z_sharp, z_deg)
         noise = torch.randn_like(x0)
         # One timestep per set: every view of a set is at the same noise level, as at sampling time.
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), device=dev)
+        T = self.noise_scheduler.config.num_train_timesteps
+        t = torch.randint(0, T, (b,), device=dev)
+        if self.config.high_t_fraction > 0:
+            high = torch.rand(b, device=dev) < self.config.high_t_fraction
+            t = torch.where(high, torch.randint(int(0.7 * T), T, (b,), device=dev), t)
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         pred = self.unet(noisy, t, z_deg).sample
         kind = self.config.prediction_type
