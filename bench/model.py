@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--presets", default="tiny,small,base")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--memory-budget-mb", type=float, default=None, help="pass a budget (tiling) to every case")
+    ap.add_argument("--case-timeout", type=float, default=900, help="seconds per (preset, size) before giving up")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: preset:WxH, run in this process
     ap.add_argument("--out", default="bench/results/model.json")
     args = ap.parse_args(argv)
@@ -71,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, "--case", f"{preset}:{w}x{h}", "--threads", str(args.threads)]
             if args.memory_budget_mb:
                 cmd += ["--memory-budget-mb", str(args.memory_budget_mb)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
+            except subprocess.TimeoutExpired:
+                rows.append({"preset": preset, "width": w, "height": h, "error": f"over {args.case_timeout:.0f} s"})
+                print(f"{preset:6s} {w}x{h}  over {args.case_timeout:.0f} s", flush=True)
+                continue
             if proc.returncode != 0:
                 rows.append({"preset": preset, "width": w, "height": h, "error": proc.stderr[-500:]})
                 continue
