@@ -119,6 +119,8 @@ def test_resume_after_stop_matches_an_uninterrupted_run(cache: Path, tmp_path: P
 
     first = Trainer(tmp_path / "split", tiny_config(cache), progress=False)
     assert first.fit(stop_after=3) == 3
+    with (tmp_path / "split" / "loss.jsonl").open("a") as fh:  # logged by a process killed before saving
+        fh.write(json.dumps({"step": 4, "loss": 9.9}) + "\n")
     del first  # "killed": only the checkpoint on disk survives
     resumed = Trainer(tmp_path / "split", progress=False)
     assert resumed.step == 3
@@ -129,6 +131,8 @@ def test_resume_after_stop_matches_an_uninterrupted_run(cache: Path, tmp_path: P
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
     assert [p.name for p in resumed.checkpoints()] == ["step_0000003", "step_0000006"]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "loss.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
 
 
 def test_cli_trains_exports_and_the_backend_loads_it(cache: Path, tmp_path: Path) -> None:

@@ -160,6 +160,11 @@ class Trainer:
         latest = cps[-1]
         self.accelerator.load_state(str(latest))
         self.step = int(json.loads((latest / "step.json").read_text())["step"])
+        # Steps logged after the checkpoint by the interrupted process are trained again: drop them.
+        log = self.run_dir / "loss.jsonl"
+        if log.is_file() and self.accelerator.is_main_process:
+            keep = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
+            log.write_text("".join(ln + "\n" for ln in keep))
 
     def save(self) -> Path:
         """Checkpoint the full training state atomically (tmp folder, then rename)."""
