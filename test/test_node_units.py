@@ -15,7 +15,7 @@ import yaml
 from sirdiff_ros.core.geometry import Pose
 from sirdiff_ros.ros import params as P
 from sirdiff_ros.ros.association import ApproxTimeSync
-from sirdiff_ros.ros.pose_history import PoseHistory, PoseLookup
+from sirdiff_ros.core.pose_history import PoseHistory, PoseLookup
 from sirdiff_ros.ros.sequencer import FallbackReason, OutputSequencer
 from sirdiff_ros.ros.stats import Level, NodeStats
 from sirdiff_ros.ros.worker import RestoreWorker

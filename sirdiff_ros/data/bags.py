@@ -43,7 +43,7 @@ from ..core.frame import Frame
 from ..core.geometry import CameraIntrinsics, GeometryError, Pose
 from ..core.image_codec import ImageDecodeError, decode_image_msg, encode_image, to_rgb8
 from ..interfaces import make_typestore
-from ..ros.pose_history import PoseHistory  # ROS-free module
+from ..core.pose_history import PoseHistory
 from .mcap_scan import mcap_channels, scan_mcap
 
 __all__ = [

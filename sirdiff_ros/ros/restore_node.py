@@ -52,7 +52,7 @@ from .convert import (
     pose_from_msg,
     stamp_to_ns,
 )
-from .pose_history import PoseHistory, PoseLookup
+from ..core.pose_history import PoseHistory, PoseLookup
 from .sequencer import OutputSequencer
 from .stats import NodeStats, StatsSnapshot
 from .worker import RestoreWorker

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from ...core.geometry import Pose
-from ...ros.pose_history import PoseHistory, PoseLookup  # ROS-free module
+from ...core.pose_history import PoseHistory, PoseLookup
 
 __all__ = [
     "DatasetError",

@@ -14,7 +14,7 @@ import bisect
 import threading
 from enum import Enum
 
-from ..core.geometry import Pose, interpolate_pose
+from .geometry import Pose, interpolate_pose
 
 __all__ = ["PoseHistory", "PoseLookup"]
 
