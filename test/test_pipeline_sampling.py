@@ -130,3 +130,13 @@ def test_checkpoint_round_trip_and_errors(pipe: SirDiffPipeline, tmp_path) -> No
     weights.unlink()
     with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors is missing"):
         SirDiffPipeline.from_checkpoint(folder)
+
+
+def test_zero_terminal_snr_schedule() -> None:
+    plain = make_scheduler("ddim", prediction_type="v_prediction")
+    zero = make_scheduler("ddim", prediction_type="v_prediction", zero_terminal_snr=True)
+    # SD's schedule leaves sqrt(alpha_bar) = 0.068 of the clean signal in x_999; the rescaled one none.
+    assert float(plain.alphas_cumprod[-1].sqrt()) == pytest.approx(0.068, abs=0.002)
+    assert float(zero.alphas_cumprod[-1]) < 1e-6
+    with pytest.raises(ValueError, match="zero_terminal_snr needs"):
+        make_scheduler("ddim", prediction_type="epsilon", zero_terminal_snr=True)

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--snr-gamma", type=float, default=None, help="min-SNR-gamma loss weighting (e.g. 5)")
     t.add_argument("--high-t-fraction", type=float, default=0.0,
                    help="share of sets trained at the noisiest 30%% of timesteps (few-step sampling starts there)")
+    t.add_argument("--no-zero-snr", action="store_true",
+                   help="keep SD's schedule (t=999 still holds 0.068*x0); always so for --prediction-type epsilon")
     t.add_argument("--no-residual", action="store_true", help="diffuse the sharp latents, not the residual")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save-every", type=int, default=250)
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                               batch_size=args.batch_size, crop=crop, n_views=args.views, lr=args.lr,
                               ema_decay=args.ema_decay, prediction_type=args.prediction_type,
                               snr_gamma=args.snr_gamma, high_t_fraction=args.high_t_fraction,
+                              zero_terminal_snr=not args.no_zero_snr and args.prediction_type != "epsilon",
                               residual=not args.no_residual, seed=args.seed,
                               save_every=args.save_every, num_threads=args.threads,
                               mixed_precision=args.mixed_precision)

@@ -61,6 +61,8 @@ class TrainConfig:
     # Share of sets whose timestep is drawn from the noisiest 30% of the schedule
     # (the rest uniformly): few-step sampling starts there (0: uniform, as the paper).
     high_t_fraction: float = 0.0
+    # Rescaled betas with SNR 0 at t=999 (not for eps); see make_scheduler.
+    zero_terminal_snr: bool = True
     residual: bool = True
     encoder_factor: int = 4
     seed: int = 0
@@ -132,7 +134,8 @@ class Trainer:
         # Same seed on every process for the weights; data differs per process.
         torch.manual_seed(cfg.seed)
         self.unet = _build_unet(cfg.preset, self.encoder.latent_channels)
-        self.noise_scheduler = make_scheduler("ddim", prediction_type=cfg.prediction_type)
+        self.noise_scheduler = make_scheduler("ddim", prediction_type=cfg.prediction_type,
+                                              zero_terminal_snr=cfg.zero_terminal_snr)
         self.ema = EMAModel(self.unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True,
                             model_cls=type(self.unet), model_config=self.unet.config)
         self.sampler = BatchSampler(self.store, cfg.batch_size, cfg.crop, cfg.n_views, task=cfg.task,
@@ -215,7 +218,7 @@ class Trainer:
         per_set = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
         if self.config.snr_gamma is not None:
             ac = self.noise_scheduler.alphas_cumprod.to(dev)[t]
-            snr = ac / (1 - ac)
+            snr = ac / (1 - ac).clamp_min(1e-8)
             w = torch.clamp(snr, max=self.config.snr_gamma)
             w = w / snr if kind == "epsilon" else (w / (snr + 1) if kind == "v_prediction" else w)
             per_set = per_set * w
@@ -275,7 +278,8 @@ class Trainer:
         unet = copy.deepcopy(self.accelerator.unwrap_model(self.unet)).eval()
         if use_ema:
             self.ema.copy_to(unet.parameters())
-        sched = make_scheduler("ddim", prediction_type=self.config.prediction_type)
+        sched = make_scheduler("ddim", prediction_type=self.config.prediction_type,
+                               zero_terminal_snr=self.config.zero_terminal_snr)
         return SirDiffPipeline(unet=unet, scheduler=sched, encoder=self.encoder, parametrization=self.parametrization)
 
 
@@ -308,7 +312,8 @@ def export_run(run_dir: str | Path, out: str | Path, use_ema: bool = True, fp16:
                 p.copy_(s)
     par = Parametrization(residual=cfg.residual, residual_scale=float(cfg.measured.get("residual_scale", 1.0)),
                           task=cfg.task)
-    pipe = SirDiffPipeline(unet=unet.eval(), scheduler=make_scheduler("ddim", prediction_type=cfg.prediction_type),
+    sched = make_scheduler("ddim", prediction_type=cfg.prediction_type, zero_terminal_snr=cfg.zero_terminal_snr)
+    pipe = SirDiffPipeline(unet=unet.eval(), scheduler=sched,
                            encoder=encoder, parametrization=par)
     if fp16:
         pipe.unet.to(torch.float16)
