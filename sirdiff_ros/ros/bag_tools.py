@@ -32,6 +32,9 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 __all__ = ["message_class", "play_bag", "record_bag", "PlayResult", "play_main", "record_main"]
 
+# Time given to DDS after the publisher sees its subscribers (see play_bag).
+MATCH_SETTLE_S = 0.5
+
 
 def message_class(msgtype: str) -> type:
     """rclpy class for ``pkg/msg/Name`` (also accepts ``pkg/Name``)."""
@@ -108,6 +111,9 @@ def play_bag(
             deadline = time.monotonic() + wait_subscribers_s
             while time.monotonic() < deadline and not stop.is_set():
                 if all(p.get_subscription_count() > 0 for p in pubs.values()):
+                    # The publisher sees the match before the subscriber's side has
+                    # matched it back; a message sent in between is lost (seen in CI).
+                    stop.wait(MATCH_SETTLE_S)
                     break
                 time.sleep(0.02)
             t_start = time.monotonic()

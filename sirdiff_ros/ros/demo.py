@@ -200,6 +200,7 @@ def run_demo(out: Path, frames: int, width: int, height: int, backend: str, seed
         "size": [width, height],
         "seed": seed,
         "node": {
+            "played": int(played.published.get(TOPICS["image_topic"], 0)),
             "received": int(status.images_received) if status else None,
             "published": int(status.images_published) if status else None,
             "dropped": dict(zip(status.drop_reasons, map(int, status.drop_counts))) if status else None,
@@ -228,20 +229,33 @@ def run_demo(out: Path, frames: int, width: int, height: int, backend: str, seed
     return report
 
 
-def _wait_outputs(node: NodeProcess, frames: int, deadline: float) -> None:
-    """Until the node has published every frame (its /status says so) or the deadline."""
+def _wait_outputs(node: NodeProcess, frames: int, deadline: float, settle_s: float = 5.0) -> None:
+    """Until the node has accounted for every frame (its /status says so), or the
+    deadline. A frame lost in transport never reaches the node: once everything
+    the node received is published or counted and nothing new arrived for
+    ``settle_s``, stop waiting; the report then shows played vs received."""
     from sirdiff_ros.msg import RestoreStatus
 
     from .probe import Probe
 
+    last = {"received": -1, "since": time.monotonic()}
+
+    def done(probe: Probe) -> bool:
+        if not node.alive() or time.monotonic() > deadline:
+            return True
+        statuses = probe.get("/status")
+        if not statuses:
+            return False
+        st = statuses[-1].msg
+        accounted = st.images_published + st.dropped_total
+        if accounted >= frames:
+            return True
+        if st.images_received != last["received"]:
+            last.update(received=st.images_received, since=time.monotonic())
+        return accounted >= st.images_received and time.monotonic() - last["since"] > settle_s
+
     with Probe({}, {"/status": RestoreStatus}, name="sirdiff_demo_watch") as probe:
-        probe.wait_for(
-            lambda: bool(probe.get("/status"))
-            and probe.get("/status")[-1].msg.images_published + probe.get("/status")[-1].msg.dropped_total >= frames
-            or not node.alive()
-            or time.monotonic() > deadline,
-            max(1.0, deadline - time.monotonic()),
-        )
+        probe.wait_for(lambda: done(probe), max(1.0, deadline - time.monotonic()))
 
 
 def _markdown(r: dict[str, Any]) -> str:
@@ -254,7 +268,7 @@ def _markdown(r: dict[str, Any]) -> str:
         "",
         "| counts | |",
         "|---|---|",
-        f"| images received / published | {n['received']} / {n['published']} |",
+        f"| images played / received / published | {n['played']} / {n['received']} / {n['published']} |",
         f"| dropped (by reason) | {n['dropped']} |",
         f"| keyframes / restoration targets | {n['keyframes']} / {n['restoration_targets']} |",
         f"| restored / passed through | {n['restored']} / {n['passed_through']} |",
