@@ -60,6 +60,7 @@ __all__ = [
     "header_msg",
     "image_msg",
     "mcap_file",
+    "open_bag_writer",
 ]
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -129,23 +130,29 @@ def image_msg(store: Any, header: Any, array: np.ndarray, encoding: str) -> Any:
                               is_bigendian=0, step=step, data=np.frombuffer(data, np.uint8))
 
 
+def open_bag_writer(path: Path, fmt: str, what: str = "bag output", hint: str = "") -> tuple[Any, Any]:
+    """An unopened rosbags ROS 2 ``Writer`` for ``path`` (``fmt`` 'mcap' or 'db3') and
+    a typestore with this package's messages. Refuses to overwrite: ``what`` and
+    ``hint`` word the error for the caller."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    if fmt not in ("mcap", "db3"):
+        raise ValueError(f"{what} format must be 'mcap' or 'db3', got {fmt!r}")
+    if path.exists():
+        raise FileExistsError(f"{what} {path} already exists{hint}")
+    plugin = StoragePlugin.MCAP if fmt == "mcap" else StoragePlugin.SQLITE3
+    return Writer(path, version=9, storage_plugin=plugin), make_typestore()
+
+
 class FrameBagWriter:
     """Context manager writing frames one at a time into a new ROS 2 bag directory ``path``."""
 
     def __init__(self, path: str | Path, fmt: str = "mcap", topics: BagTopics = DEFAULT_TOPICS,
                  world_frame: str = "world") -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
-
-        if fmt not in ("mcap", "db3"):
-            raise ValueError(f"bag format must be 'mcap' or 'db3', got {fmt!r}")
         self.path = Path(path)
-        if self.path.exists():
-            raise FileExistsError(f"bag output {self.path} already exists")
+        self._writer, self.store = open_bag_writer(self.path, fmt, "bag output")
         self.topics = topics
         self.world_frame = world_frame
-        self.store = make_typestore()
-        plugin = StoragePlugin.MCAP if fmt == "mcap" else StoragePlugin.SQLITE3
-        self._writer = Writer(self.path, version=9, storage_plugin=plugin)
         self._conns: dict[str, Any] = {}
         self.count = 0
 

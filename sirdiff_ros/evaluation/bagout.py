@@ -30,9 +30,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..core.pipeline import RestorationOutcome
-from ..data.bags import CAMERA_INFO, IMAGE, header_msg, image_msg, mcap_file, bag_storage_path
+from ..data.bags import CAMERA_INFO, IMAGE, bag_storage_path, header_msg, image_msg, mcap_file, open_bag_writer
 from ..data.mcap_scan import scan_mcap
-from ..interfaces import make_typestore
 
 __all__ = ["RESTORED_NAMESPACE", "KEYFRAME_SET", "RestoredBagWriter", "restored_topics", "build_message"]
 
@@ -87,19 +86,13 @@ class RestoredBagWriter:
         info_topic: str | None,
         fmt: str = "db3",
     ) -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
-
-        if fmt not in ("db3", "mcap"):
-            raise ValueError(f"restored bag format must be 'db3' or 'mcap', got {fmt!r}")
         self.source = bag_storage_path(source)
         self.path = Path(dest)
-        if self.path.exists():
-            raise FileExistsError(f"restored bag {self.path} already exists; choose another --out or remove it")
+        self._writer, self.store = open_bag_writer(
+            self.path, fmt, "restored bag", "; choose another --out or remove it"
+        )
         self.image_topic = image_topic
         self.info_topic = info_topic
-        self.store = make_typestore()
-        plugin = StoragePlugin.MCAP if fmt == "mcap" else StoragePlugin.SQLITE3
-        self._writer = Writer(self.path, version=9, storage_plugin=plugin)
         self._backends = list(backends)
         self._conns: dict[str, Any] = {}
         self._infos: list[tuple[int, Any]] = []  # (stamp_ns, CameraInfo) of the source, sorted
