@@ -135,6 +135,46 @@ def test_resume_after_stop_matches_an_uninterrupted_run(cache: Path, tmp_path: P
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_init_from_starts_a_new_run_at_another_runs_ema_weights(cache: Path, tmp_path: Path) -> None:
+    from sirdiff_ros.training.trainer import load_run_weights
+
+    source = Trainer(tmp_path / "source", tiny_config(cache), progress=False)
+    source.fit()
+    ema = [p.clone() for p in source.ema.shadow_params]
+    raw = [p.clone() for p in source.accelerator.unwrap_model(source.unet).parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(ema, raw))  # EMA differs from the raw weights
+
+    tuned = Trainer(tmp_path / "tuned", tiny_config(cache, init_from=str(tmp_path / "source"),
+                                                    high_t_fraction=1.0, high_t_start=0.99), progress=False)
+    for p, e in zip(tuned.accelerator.unwrap_model(tuned.unet).parameters(), ema):
+        torch.testing.assert_close(p, e, atol=0, rtol=0)
+    assert tuned.fit(stop_after=2) == 2
+    # Resuming the fine-tuned run loads its own checkpoint, not the source's weights again.
+    resumed = Trainer(tmp_path / "tuned", progress=False)
+    assert resumed.config.init_from == str(tmp_path / "source") and resumed.step == 2
+    for p, q in zip(resumed.accelerator.unwrap_model(resumed.unet).parameters(),
+                    tuned.accelerator.unwrap_model(tuned.unet).parameters()):
+        torch.testing.assert_close(p, q, atol=0, rtol=0)
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        load_run_weights(tmp_path / "nothing", tuned.accelerator.unwrap_model(tuned.unet))
+
+
+def test_high_t_start_confines_the_high_share_of_timesteps(cache: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tmp_path / "run", tiny_config(cache, high_t_fraction=1.0, high_t_start=0.95), progress=False)
+    seen: list[int] = []
+    real_forward = trainer.unet.forward
+
+    def spy(noisy, t, cond):  # records the timesteps the loss draws, then runs the real model
+        seen.extend(int(v) for v in t)
+        return real_forward(noisy, t, cond)
+
+    trainer.unet.forward = spy
+    batch = trainer.sampler.next()
+    for _ in range(10):
+        trainer.loss_on(batch.sharp, batch.degraded)
+    assert len(seen) == 20 and min(seen) >= 950 and max(seen) <= 999
+
+
 def test_cli_trains_exports_and_the_backend_loads_it(cache: Path, tmp_path: Path) -> None:
     from sirdiff_ros.core.frame import Frame
     from sirdiff_ros.core.geometry import CameraIntrinsics

@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "6.6 dB vs 18.7 dB input (x0 error amplified 15x at t=999), see README")
     t.add_argument("--snr-gamma", type=float, default=None, help="min-SNR-gamma loss weighting (e.g. 5)")
     t.add_argument("--high-t-fraction", type=float, default=0.0,
-                   help="share of sets trained at the noisiest 30%% of timesteps (few-step sampling starts there)")
+                   help="share of sets trained at the noisiest timesteps, [START*T, T) (few-step sampling starts there)")
+    t.add_argument("--high-t-start", type=float, default=0.7, help="START for --high-t-fraction (0..1)")
+    t.add_argument("--init-from", help="a run folder whose newest EMA weights initialise this new run (fine-tuning)")
     t.add_argument("--no-zero-snr", action="store_true",
                    help="keep SD's schedule (t=999 still holds 0.068*x0); always so for --prediction-type epsilon")
     t.add_argument("--no-residual", action="store_true", help="diffuse the sharp latents, not the residual")
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                               batch_size=args.batch_size, crop=crop, n_views=args.views, lr=args.lr,
                               ema_decay=args.ema_decay, prediction_type=args.prediction_type,
                               snr_gamma=args.snr_gamma, high_t_fraction=args.high_t_fraction,
+                              high_t_start=args.high_t_start, init_from=args.init_from,
                               zero_terminal_snr=not args.no_zero_snr and args.prediction_type != "epsilon",
                               residual=not args.no_residual, seed=args.seed,
                               save_every=args.save_every, num_threads=args.threads,

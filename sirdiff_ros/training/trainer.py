@@ -38,7 +38,7 @@ from ..model.encoders import SpaceToDepthEncoder
 from ..model.pipeline import Parametrization, SirDiffPipeline, make_scheduler
 from .data import BatchSampler, ShardStore
 
-__all__ = ["TrainConfig", "Trainer", "measure_residual_scale", "export_run"]
+__all__ = ["TrainConfig", "Trainer", "measure_residual_scale", "load_run_weights", "export_run"]
 
 
 @dataclass
@@ -58,9 +58,10 @@ class TrainConfig:
     ema_decay: float = 0.999
     prediction_type: str = "v_prediction"  # 'epsilon' (paper), 'v_prediction' (SD 2.1), 'sample'
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None: plain MSE
-    # Share of sets whose timestep is drawn from the noisiest 30% of the schedule
-    # (the rest uniformly): few-step sampling starts there (0: uniform, as the paper).
+    # Share of sets whose timestep is drawn from [high_t_start * T, T) (the rest
+    # uniformly): few-step sampling starts there (0: uniform, as the paper).
     high_t_fraction: float = 0.0
+    high_t_start: float = 0.7
     # Rescaled betas with SNR 0 at t=999 (not for eps); see make_scheduler.
     zero_terminal_snr: bool = True
     residual: bool = True
@@ -71,6 +72,9 @@ class TrainConfig:
     num_threads: int = 1  # 1: under CPU contention 2 OpenMP threads ran ~25x slower (measured)
     grad_clip: float = 1.0
     mixed_precision: str = "no"  # accelerate: 'no', 'fp16', 'bf16'
+    # Another run whose newest EMA weights initialise this one (fine-tuning); the
+    # optimizer starts fresh. Used once, when the run has no checkpoint yet.
+    init_from: str | None = None
     measured: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -134,6 +138,8 @@ class Trainer:
         # Same seed on every process for the weights; data differs per process.
         torch.manual_seed(cfg.seed)
         self.unet = _build_unet(cfg.preset, self.encoder.latent_channels)
+        if cfg.init_from and not self.checkpoints():
+            load_run_weights(cfg.init_from, self.unet)
         self.noise_scheduler = make_scheduler("ddim", prediction_type=cfg.prediction_type,
                                               zero_terminal_snr=cfg.zero_terminal_snr)
         self.ema = EMAModel(self.unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True,
@@ -203,7 +209,7 @@ class Trainer:
         t = torch.randint(0, T, (b,), device=dev)
         if self.config.high_t_fraction > 0:
             high = torch.rand(b, device=dev) < self.config.high_t_fraction
-            t = torch.where(high, torch.randint(int(0.7 * T), T, (b,), device=dev), t)
+            t = torch.where(high, torch.randint(int(self.config.high_t_start * T), T, (b,), device=dev), t)
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         pred = self.unet(noisy, t, z_deg).sample
         kind = self.config.prediction_type
@@ -283,23 +289,18 @@ class Trainer:
         return SirDiffPipeline(unet=unet, scheduler=sched, encoder=self.encoder, parametrization=self.parametrization)
 
 
-def export_run(run_dir: str | Path, out: str | Path, use_ema: bool = True, fp16: bool = False,
-               default_steps: int = 4) -> Path:
-    """Write a run's newest (EMA) weights as a checkpoint folder the ``sirdiff`` backend loads.
+def load_run_weights(run_dir: str | Path, unet: torch.nn.Module, use_ema: bool = True) -> Path:
+    """Load the newest checkpoint of ``run_dir`` into ``unet`` (its EMA weights by default).
 
-    Reads only ``run.json`` and the newest checkpoint (no training data), so it
-    can run beside a training process that keeps writing checkpoints.
+    Returns the checkpoint folder used. The model must have the run's architecture.
     """
     from safetensors.torch import load_file
 
-    run_dir = Path(run_dir)
-    cfg = TrainConfig.from_json(run_dir / "run.json")
-    cps = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    cps = sorted(p for p in (Path(run_dir) / "checkpoints").glob("step_*")
+                 if p.is_dir() and not p.name.endswith(".tmp"))
     if not cps:
-        raise FileNotFoundError(f"no checkpoints in {run_dir / 'checkpoints'}")
+        raise FileNotFoundError(f"no checkpoints in {Path(run_dir) / 'checkpoints'}")
     latest = cps[-1]
-    encoder = SpaceToDepthEncoder(cfg.encoder_factor)
-    unet = _build_unet(cfg.preset, encoder.latent_channels)
     unet.load_state_dict(load_file(str(latest / "model.safetensors")))
     if use_ema:
         # The EMA is the first object registered for checkpointing (custom_checkpoint_0).
@@ -310,6 +311,21 @@ def export_run(run_dir: str | Path, out: str | Path, use_ema: bool = True, fp16:
         with torch.no_grad():
             for p, s in zip(params, shadow):
                 p.copy_(s)
+    return latest
+
+
+def export_run(run_dir: str | Path, out: str | Path, use_ema: bool = True, fp16: bool = False,
+               default_steps: int = 4) -> Path:
+    """Write a run's newest (EMA) weights as a checkpoint folder the ``sirdiff`` backend loads.
+
+    Reads only ``run.json`` and the newest checkpoint (no training data), so it
+    can run beside a training process that keeps writing checkpoints.
+    """
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.from_json(run_dir / "run.json")
+    encoder = SpaceToDepthEncoder(cfg.encoder_factor)
+    unet = _build_unet(cfg.preset, encoder.latent_channels)
+    latest = load_run_weights(run_dir, unet, use_ema=use_ema)
     par = Parametrization(residual=cfg.residual, residual_scale=float(cfg.measured.get("residual_scale", 1.0)),
                           task=cfg.task)
     sched = make_scheduler("ddim", prediction_type=cfg.prediction_type, zero_terminal_snr=cfg.zero_terminal_snr)
