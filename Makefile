@@ -47,7 +47,7 @@ export PYTHONPATH := $(REPO)
 STAMPS := $(VENV)/.stamps
 MSG_FILES := $(wildcard $(REPO)/msg/*.msg)
 
-.PHONY: venv test demo bench lock clean distclean
+.PHONY: venv test demo bench lock clean distclean eval-model
 
 venv: $(STAMPS)/editable
 
@@ -85,6 +85,10 @@ demo: venv
 
 bench: venv
 	cd $(REPO) && for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+
+# Issue 7's held-out measurement of a SIR-Diff checkpoint (default: the shipped one).
+eval-model: venv
+	cd $(REPO) && PY=$(PY) scripts/eval_model.sh "$(CHECKPOINT)" $(or $(EVAL_OUT),runs/eval_model)
 
 # Regenerate the exact pins from the current venv (scripts/lock.py says what
 # it leaves out and why).
