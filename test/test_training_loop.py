@@ -58,6 +58,23 @@ def test_shards_round_trip_and_reject_bad_input(cache: Path, tmp_path: Path) -> 
         ShardStore(tmp_path / "bad")
 
 
+def test_several_cache_folders_concatenate_in_order(cache: Path, tmp_path: Path) -> None:
+    write_shards(photo_view_sets(3, seed=7), tmp_path / "more", sets_per_shard=2, progress=False)
+    one, more = ShardStore(cache), ShardStore(tmp_path / "more")
+    both = ShardStore([cache, tmp_path / "more"])
+    assert len(both) == 9
+    np.testing.assert_array_equal(both.sharp, np.concatenate([one.sharp, more.sharp]))
+    np.testing.assert_array_equal(both.blurred[6:], more.blurred)
+    write_shards(photo_view_sets(2, views=2), tmp_path / "two_views", progress=False)
+    with pytest.raises(DataError, match="different view-set shapes"):
+        ShardStore([cache, tmp_path / "two_views"])
+    # The CLI takes several folders and records them in run.json.
+    run = tmp_path / "run"
+    assert train_main(["train", "--run", str(run), "--cache", str(cache), str(tmp_path / "more"), "--preset", "tiny",
+                       "--steps", "1", "--batch-size", "1", "--views", "1-2", "--save-every", "1"]) == 0
+    assert json.loads((run / "run.json").read_text())["cache"] == [str(cache), str(tmp_path / "more")]
+
+
 def test_batches_draw_random_view_counts_and_orders(cache: Path) -> None:
     store = ShardStore(cache)
     sampler = BatchSampler(store, batch_size=1, crop=None, n_views=(1, 3), seed=0)

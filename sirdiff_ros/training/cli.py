@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train or resume a run")
     t.add_argument("--run", required=True, help="run folder (resumed if it holds checkpoints)")
-    t.add_argument("--cache", help="shard folder (required for a new run)")
+    t.add_argument("--cache", nargs="+", help="shard folder(s), concatenated in order (required for a new run)")
     t.add_argument("--preset", default="small", help="model preset (sirdiff_ros.model.presets)")
     t.add_argument("--task", choices=("deblur", "sr4"), default="deblur")
     t.add_argument("--steps", type=int, default=10000, help="total steps to reach")
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"sirdiff-train: {run} is a new run; --cache is required", file=sys.stderr)
                 return 2
             crop = (args.crop[1], args.crop[0]) if args.crop else None
-            cfg = TrainConfig(cache=args.cache, preset=args.preset, task=args.task, max_steps=args.steps,
+            cfg = TrainConfig(cache=args.cache[0] if len(args.cache) == 1 else args.cache, preset=args.preset, task=args.task, max_steps=args.steps,
                               batch_size=args.batch_size, crop=crop, n_views=args.views, lr=args.lr,
                               ema_decay=args.ema_decay, prediction_type=args.prediction_type,
                               snr_gamma=args.snr_gamma, high_t_fraction=args.high_t_fraction,

@@ -20,7 +20,7 @@ import json
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -131,27 +131,37 @@ def write_shards(sets: Iterable[ViewSet], out_dir: str | Path, sets_per_shard: i
 
 
 class ShardStore:
-    """All shards of a cache folder in memory: ``sharp``/``blurred`` (S, V, H, W, 3) uint8."""
+    """All shards of one or more cache folders in memory: ``sharp``/``blurred`` (S, V, H, W, 3) uint8.
 
-    def __init__(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        paths = sorted(folder.glob("shard_*.npz"))
-        if not paths:
-            raise DataError(f"no shard_*.npz files in {folder} (build them with `sirdiff-train cache`)")
+    Several folders (e.g. sets rendered with different baselines or blur
+    ranges) are concatenated in the order given, shards sorted by name within
+    each folder; their view sets must have one shape.
+    """
+
+    def __init__(self, folders: str | Path | Sequence[str | Path]) -> None:
+        if isinstance(folders, (str, Path)):
+            folders = [folders]
+        self.folders = [Path(f) for f in folders]
+        if not self.folders:
+            raise DataError("no cache folder given")
         sharp, blurred = [], []
-        for p in paths:
-            try:
-                with np.load(p) as z:
-                    sharp.append(z["sharp"])
-                    blurred.append(z["blurred"])
-            except (OSError, KeyError, ValueError) as exc:
-                raise DataError(f"corrupt shard {p}: {exc}") from exc
+        for folder in self.folders:
+            paths = sorted(folder.glob("shard_*.npz"))
+            if not paths:
+                raise DataError(f"no shard_*.npz files in {folder} (build them with `sirdiff-train cache`)")
+            for p in paths:
+                try:
+                    with np.load(p) as z:
+                        sharp.append(z["sharp"])
+                        blurred.append(z["blurred"])
+                except (OSError, KeyError, ValueError) as exc:
+                    raise DataError(f"corrupt shard {p}: {exc}") from exc
         shapes = {a.shape[1:] for a in sharp}
         if len(shapes) != 1:
-            raise DataError(f"shards in {folder} have different view-set shapes: {sorted(shapes)}")
+            names = ", ".join(str(f) for f in self.folders)
+            raise DataError(f"shards in {names} have different view-set shapes: {sorted(shapes)}")
         self.sharp = np.concatenate(sharp)
         self.blurred = np.concatenate(blurred)
-        self.folder = folder
 
     def __len__(self) -> int:
         return int(self.sharp.shape[0])

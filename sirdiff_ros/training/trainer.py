@@ -45,7 +45,7 @@ __all__ = ["TrainConfig", "Trainer", "measure_residual_scale", "load_run_weights
 class TrainConfig:
     """Everything a run depends on (saved to ``run.json``)."""
 
-    cache: str  # shard folder (``sirdiff-train cache``)
+    cache: str | list[str]  # shard folder(s) (``sirdiff-train cache``), concatenated in order
     preset: str = "small"
     task: str = "deblur"
     max_steps: int = 10000
