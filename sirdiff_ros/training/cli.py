@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--baseline", type=float, nargs=2, default=(0.05, 0.3), metavar=("MIN", "MAX"),
                    help="distance between views of a set, metres (close views overlap more)")
     c.add_argument("--max-angular-speed", type=float, default=4.0, help="rad/s during the exposure of the blurriest view")
+    c.add_argument("--max-speed", type=float, default=1.5, help="m/s during the exposure of the blurriest view")
 
     t = sub.add_parser("train", help="train or resume a run")
     t.add_argument("--run", required=True, help="run folder (resumed if it holds checkpoints)")
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         w, h = args.size
         seeds = training_seeds(args.sets, args.first_seed)
-        opts = {"baseline_m": tuple(args.baseline), "max_angular_speed": args.max_angular_speed}
+        opts = {"baseline_m": tuple(args.baseline), "max_angular_speed": args.max_angular_speed,
+                "max_speed": args.max_speed}
         meta = {"generator": "sirdiff_ros.data.synth.sample_view_set", "sets": args.sets, "views": args.views,
                 "width": w, "height": h, "first_seed": args.first_seed, **opts}
         sets = synthetic_view_sets(seeds, args.views, w, h, **opts)
