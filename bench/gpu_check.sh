@@ -138,8 +138,8 @@ if "$PY" -c "import cv2, skimage" 2>/dev/null; then
   "$PY" -m sirdiff_ros.training.cli cache --out "$OUT/cache" --sets "$SETS" --views 4 --size "$SIZE" --shard-size 32
   timeout 330 "$PY" -m sirdiff_ros.training.cli train --run "$OUT/train" --cache "$OUT/cache" --preset small \
       --steps "$STEPS" --crop "$CROP" --batch-size "$BS" --views 1-4 --lr 3e-4 --save-every 100 \
-      --threads 8 || echo "training stopped by the time limit (resumable from $OUT/train)"
-  "$PY" -m sirdiff_ros.training.cli export --run "$OUT/train" --out "$OUT/weights"
+      --high-t-fraction 0.75 --high-t-start 0.9 --threads 8 || echo "training stopped by the time limit (resumable from $OUT/train)"
+  "$PY" -m sirdiff_ros.training.cli export --run "$OUT/train" --out "$OUT/weights" --default-steps 1
   cp "$OUT/train/loss.jsonl" "$OUT/loss.jsonl" 2>/dev/null || true
   rm -rf "$OUT/cache" "$OUT/train/checkpoints"  # keep what comes back small: weights + loss curve
 else
