@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"sirdiff-train: {run} is a new run; --cache is required", file=sys.stderr)
                 return 2
             crop = (args.crop[1], args.crop[0]) if args.crop else None
-            cfg = TrainConfig(cache=args.cache[0] if len(args.cache) == 1 else args.cache, preset=args.preset, task=args.task, max_steps=args.steps,
+            cache = args.cache[0] if len(args.cache) == 1 else args.cache  # one folder: run.json as before
+            cfg = TrainConfig(cache=cache, preset=args.preset, task=args.task, max_steps=args.steps,
                               batch_size=args.batch_size, crop=crop, n_views=args.views, lr=args.lr,
                               ema_decay=args.ema_decay, prediction_type=args.prediction_type,
                               snr_gamma=args.snr_gamma, high_t_fraction=args.high_t_fraction,

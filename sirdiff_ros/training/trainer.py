@@ -38,7 +38,7 @@ from ..model.encoders import SpaceToDepthEncoder
 from ..model.pipeline import Parametrization, SirDiffPipeline, make_scheduler
 from .data import BatchSampler, ShardStore
 
-__all__ = ["TrainConfig", "Trainer", "measure_residual_scale", "load_run_weights", "export_run"]
+__all__ = ["TrainConfig", "Trainer", "measure_residual_scale", "run_checkpoints", "load_run_weights", "export_run"]
 
 
 @dataclass
@@ -160,7 +160,7 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     def checkpoints(self) -> list[Path]:
-        return sorted(p for p in self.checkpoint_dir.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+        return run_checkpoints(self.run_dir)
 
     def _resume(self) -> None:
         cps = self.checkpoints()
@@ -289,6 +289,12 @@ class Trainer:
         return SirDiffPipeline(unet=unet, scheduler=sched, encoder=self.encoder, parametrization=self.parametrization)
 
 
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first (``*.tmp`` folders are half-written)."""
+    folder = Path(run_dir) / "checkpoints"
+    return sorted(p for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
 def load_run_weights(run_dir: str | Path, unet: torch.nn.Module, use_ema: bool = True) -> Path:
     """Load the newest checkpoint of ``run_dir`` into ``unet`` (its EMA weights by default).
 
@@ -296,8 +302,7 @@ def load_run_weights(run_dir: str | Path, unet: torch.nn.Module, use_ema: bool =
     """
     from safetensors.torch import load_file
 
-    cps = sorted(p for p in (Path(run_dir) / "checkpoints").glob("step_*")
-                 if p.is_dir() and not p.name.endswith(".tmp"))
+    cps = run_checkpoints(run_dir)
     if not cps:
         raise FileNotFoundError(f"no checkpoints in {Path(run_dir) / 'checkpoints'}")
     latest = cps[-1]
