@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -101,6 +103,49 @@ def test_bad_options_are_refused(checkpoint: str) -> None:
     r = create_restorer("sirdiff", checkpoint=checkpoint)
     with pytest.raises(RestorerError, match="target index 3"):
         r.restore(RestoreRequest(views=frames(2, 32, 32), targets=[3]))
+
+
+def test_registered_checkpoint_restores_each_target_from_partners_in_its_grid(tmp_path) -> None:
+    """Weights trained on registered sets get, per target, the target followed by every
+    other view resampled into its grid: exactly the pipeline's output on those views."""
+    from sirdiff_ros.core.registration import REGISTRATION, registered_views
+    from sirdiff_ros.data.synth import sample_view_set
+    from sirdiff_ros.model.pipeline import images_to_tensor
+
+    torch.manual_seed(0)
+    unet = build_model("tiny", in_channels=48, cond_channels=48, out_channels=48)
+    with torch.no_grad():  # open the 3D-convolution gates (zero at init) so partners weigh in
+        for m in unet.modules():
+            if hasattr(m, "view_gate"):
+                m.view_gate.fill_(1.0)
+    pipe = SirDiffPipeline(unet, make_scheduler(), SpaceToDepthEncoder(4), Parametrization(residual_scale=0.2),
+                           view_registration=REGISTRATION)
+    folder = pipe.save_checkpoint(tmp_path / "registered", default_steps=1)
+    views = sample_view_set(4, 3, 128, 96, baseline_m=(0.1, 0.2))
+    restorer = create_restorer("sirdiff", checkpoint=str(folder))
+    res = restorer.restore(RestoreRequest(views=views, targets=[0, 2]))
+    assert [v.info["views"] for v in res.views] == [3, 3]
+    loaded = SirDiffPipeline.from_checkpoint(folder)
+    assert loaded.view_registration == REGISTRATION
+    for t in (0, 2):
+        regs = registered_views(views, t)
+        assert not np.array_equal(regs[1], views[1 if t == 0 else 0].image)  # partners really were resampled
+        x = images_to_tensor(regs)[None]  # (1, 3, 3, 96, 128)
+        gen = torch.Generator().manual_seed(0)
+        direct = loaded(x, num_inference_steps=1, generator=gen, output_type="np").images[0, 0]
+        # One target per request: the same noise as the direct call.
+        got = restorer.restore(RestoreRequest(views=views, targets=[t])).for_index(t).image.astype(int)
+        np.testing.assert_array_equal(got, direct)
+        raw = [views[t].image] + [v.image for j, v in enumerate(views) if j != t]
+        unregistered = loaded(images_to_tensor(raw)[None], num_inference_steps=1,
+                              generator=torch.Generator().manual_seed(0), output_type="np").images[0, 0]
+        assert np.abs(got - unregistered).mean() > 1.0
+    # A registration this version does not know is refused at load time, naming it.
+    cfg = json.loads((folder / "sirdiff_pipeline.json").read_text())
+    cfg["view_registration"] = "future-warp"
+    (folder / "sirdiff_pipeline.json").write_text(json.dumps(cfg))
+    with pytest.raises(RestorerError, match="future-warp"):
+        create_restorer("sirdiff", checkpoint=str(folder))
 
 
 def test_shipped_weights_restore_a_small_image() -> None:

@@ -231,3 +231,62 @@ def test_dataset_view_sets_blur_real_frames(shared_data: Path) -> None:
     assert sharp.shape == (2, 480, 640, 3) and sharp.dtype == np.uint8
     lap = lambda a: float(np.var(cv2.Laplacian(a, cv2.CV_64F)))  # noqa: E731
     assert sum(lap(b) < lap(s) for s, b in zip(sharp, blurred)) >= 1
+
+
+def test_register_cli_resamples_sets_into_a_target_grid_and_the_backend_follows(tmp_path: Path) -> None:
+    """`sirdiff-train register` stores each set in one view's grid; a run on it records that, its export
+    tells the backend, and the backend then feeds each target with registered partners."""
+    from sirdiff_ros.core.frame import Frame
+    from sirdiff_ros.core.geometry import CameraIntrinsics
+    from sirdiff_ros.core.registration import REGISTRATION
+    from sirdiff_ros.core.restorers.base import RestoreRequest, create_restorer
+
+    write_shards(photo_view_sets(4, views=3, size=96, seed=3), tmp_path / "plain", sets_per_shard=2, progress=False)
+    plain = ShardStore(tmp_path / "plain")
+    assert plain.registration == "none"
+    assert train_main(["register", "--cache", str(tmp_path / "plain"), "--out", str(tmp_path / "reg")]) == 0
+    reg = ShardStore(tmp_path / "reg")
+    assert reg.registration == REGISTRATION and len(reg) == 4 and reg.sharp.shape == plain.sharp.shape
+    for i in range(4):
+        # View 0 is one of the set's own views, untouched; the partners are that view's grid.
+        t = [v for v in range(3) if np.array_equal(plain.blurred[i, v], reg.blurred[i, 0])]
+        assert len(t) == 1 and np.array_equal(plain.sharp[i, t[0]], reg.sharp[i, 0])
+        others = [v for v in range(3) if v != t[0]]
+        # The windows are shifted by a few pixels: registered partners sit closer to the target than raw ones.
+        for k, v in enumerate(others, start=1):
+            d_reg = np.abs(reg.sharp[i, k].astype(float) - reg.sharp[i, 0]).mean()
+            d_raw = np.abs(plain.sharp[i, v].astype(float) - reg.sharp[i, 0]).mean()
+            assert d_reg < d_raw
+    assert train_main(["register", "--cache", str(tmp_path / "reg"), "--out", str(tmp_path / "again")]) == 2
+    with pytest.raises(DataError, match="mix registered and unregistered"):
+        ShardStore([tmp_path / "plain", tmp_path / "reg"])
+
+    run, out = tmp_path / "run", tmp_path / "export"
+    assert train_main(["train", "--run", str(run), "--cache", str(tmp_path / "reg"), "--preset", "tiny", "--steps", "1",
+                       "--batch-size", "1", "--views", "1-3", "--crop", "32x32", "--save-every", "1"]) == 0
+    assert json.loads((run / "run.json").read_text())["measured"]["view_registration"] == REGISTRATION
+    assert train_main(["export", "--run", str(run), "--out", str(out)]) == 0
+    assert json.loads((out / "sirdiff_pipeline.json").read_text())["view_registration"] == REGISTRATION
+    k = CameraIntrinsics(fx=96.0, fy=96.0, cx=48.0, cy=48.0, width=96, height=96)
+    frames = [Frame(image=im, stamp_ns=i, intrinsics=k) for i, im in enumerate(plain.blurred[0])]
+    res = create_restorer("sirdiff", checkpoint=str(out)).restore(RestoreRequest(views=frames, targets=[0, 2]))
+    assert [v.info["registration"] for v in res.views] == [REGISTRATION] * 2
+    assert all(v.image.shape == (96, 96, 3) for v in res.views)
+
+
+def test_init_from_keeps_the_source_runs_residual_scale(cache: Path, tmp_path: Path) -> None:
+    from sirdiff_ros.model.encoders import SpaceToDepthEncoder
+    from sirdiff_ros.training.trainer import measure_residual_scale
+
+    source = Trainer(tmp_path / "source", tiny_config(cache), progress=False)
+    source.fit(stop_after=1)
+    # A cache with much stronger blur has a larger residual of its own.
+    strong = [(s, np.stack([cv2.blur(v, (9, 9)) for v in s])) for s, _ in photo_view_sets(4, seed=5)]
+    write_shards(strong, tmp_path / "strong", progress=False)
+    own = measure_residual_scale(ShardStore(tmp_path / "strong"), SpaceToDepthEncoder(2))
+    assert own > 1.2 * source.config.measured["residual_scale"]
+    tuned = Trainer(tmp_path / "tuned", tiny_config(tmp_path / "strong", init_from=str(tmp_path / "source")),
+                    progress=False)
+    assert tuned.config.measured["residual_scale"] == source.config.measured["residual_scale"]
+    fresh = Trainer(tmp_path / "fresh", tiny_config(tmp_path / "strong"), progress=False)
+    assert fresh.config.measured["residual_scale"] == pytest.approx(own)

@@ -204,10 +204,15 @@ class SirDiffPipeline(DiffusionPipeline):
     ``encoder``: a :class:`LatentEncoder`.
     """
 
-    def __init__(self, unet: torch.nn.Module, scheduler: Any, encoder: LatentEncoder, parametrization: Parametrization | None = None) -> None:
+    def __init__(self, unet: torch.nn.Module, scheduler: Any, encoder: LatentEncoder,
+                 parametrization: Parametrization | None = None, view_registration: str = "none") -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder)
         self.parametrization = parametrization or Parametrization()
+        # "none": views as captured; otherwise the name of the registration the
+        # weights were trained with (sirdiff_ros.core.registration): callers must
+        # resample partners into each target's grid before calling the pipeline.
+        self.view_registration = view_registration
         ucfg = unet.config
         in_ch = int(getattr(ucfg, "in_channels", encoder.latent_channels))
         if in_ch != encoder.latent_channels:
@@ -265,7 +270,8 @@ class SirDiffPipeline(DiffusionPipeline):
             encoder = SpaceToDepthEncoder(factor)
         scheduler = _scheduler_from_config(pcfg["scheduler"]) if "scheduler" in pcfg else make_scheduler()
         par = Parametrization(**pcfg.get("parametrization", {}))
-        pipe = cls(unet=unet, scheduler=scheduler, encoder=encoder, parametrization=par)
+        pipe = cls(unet=unet, scheduler=scheduler, encoder=encoder, parametrization=par,
+                   view_registration=str(pcfg.get("view_registration", "none")))
         pipe.default_steps = int(pcfg.get("default_steps", 4))
         pipe.encoder.to(device, dtype)  # the UNet already has its dtype (from_pretrained's torch_dtype)
         return pipe.to(device)
@@ -280,6 +286,7 @@ class SirDiffPipeline(DiffusionPipeline):
             "scheduler": dict(self.scheduler.config),
             "parametrization": asdict(self.parametrization),
             "default_steps": default_steps,
+            "view_registration": self.view_registration,
         }
         if extra:
             cfg["training"] = extra

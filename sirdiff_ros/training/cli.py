@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..core.registration import REGISTRATION
+
 __all__ = ["main", "build_parser"]
 
 
@@ -55,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distance between views of a set, metres (close views overlap more)")
     c.add_argument("--max-angular-speed", type=float, default=4.0, help="rad/s during the exposure of the blurriest view")
     c.add_argument("--max-speed", type=float, default=1.5, help="m/s during the exposure of the blurriest view")
+    c.add_argument("--register", action="store_true",
+                   help="store each set in the grid of a random target view (sirdiff_ros.core.registration; "
+                        "trains checkpoints that the sirdiff backend feeds registered partners)")
+    c.add_argument("--flow-fraction", type=float, default=0.5,
+                   help="--register: share of sets registered by optical flow instead of depth and poses")
+
+    r = sub.add_parser("register", help="resample the sets of existing shard folders into a random target view's "
+                                        "grid (optical flow: cached sets carry no depth)")
+    r.add_argument("--cache", nargs="+", required=True, help="unregistered shard folder(s)")
+    r.add_argument("--out", required=True, help="new shard folder")
+    r.add_argument("--seed", type=int, default=0, help="seed of the target choice")
+    r.add_argument("--shard-size", type=int, default=64)
 
     t = sub.add_parser("train", help="train or resume a run")
     t.add_argument("--run", required=True, help="run folder (resumed if it holds checkpoints)")
@@ -98,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "cache":
         from ..data.textures import training_seeds
-        from .data import dataset_view_sets, synthetic_view_sets, write_shards
+        from .data import dataset_view_sets, registered_view_sets, synthetic_frames, synthetic_view_sets, write_shards
 
         if args.dataset:
             meta = {"dataset": args.dataset, "views": args.views, "stride": args.stride}
@@ -112,7 +126,30 @@ def main(argv: list[str] | None = None) -> int:
                 "max_speed": args.max_speed}
         meta = {"generator": "sirdiff_ros.data.synth.sample_view_set", "sets": args.sets, "views": args.views,
                 "width": w, "height": h, "first_seed": args.first_seed, **opts}
-        sets = synthetic_view_sets(seeds, args.views, w, h, **opts)
+        if args.register:
+            meta.update(registration=REGISTRATION, flow_fraction=args.flow_fraction, target_seed=args.first_seed)
+            sets = registered_view_sets(synthetic_frames(seeds, args.views, w, h, **opts), seed=args.first_seed,
+                                        flow_fraction=args.flow_fraction)
+        else:
+            sets = synthetic_view_sets(seeds, args.views, w, h, **opts)
+        paths = write_shards(sets, args.out, args.shard_size, meta=meta)
+        print(f"wrote {len(paths)} shards to {args.out}")
+        return 0
+
+    if args.cmd == "register":
+        from .data import DataError, ShardStore, registered_view_sets, shard_frames, write_shards
+
+        try:
+            store = ShardStore(args.cache)
+        except DataError as exc:
+            print(f"sirdiff-train: {exc}", file=sys.stderr)
+            return 2
+        if store.registration != "none":
+            print(f"sirdiff-train: {args.cache} is already registered ({store.registration})", file=sys.stderr)
+            return 2
+        meta = {"registered_from": args.cache, "sets": len(store), "views": store.views,
+                "registration": REGISTRATION, "flow_fraction": 1.0, "target_seed": args.seed}
+        sets = registered_view_sets(shard_frames(store), seed=args.seed)
         paths = write_shards(sets, args.out, args.shard_size, meta=meta)
         print(f"wrote {len(paths)} shards to {args.out}")
         return 0

@@ -30,6 +30,10 @@ __all__ = [
     "DataError",
     "synthetic_view_sets",
     "dataset_view_sets",
+    "register_view_set",
+    "registered_view_sets",
+    "synthetic_frames",
+    "shard_frames",
     "write_shards",
     "ShardStore",
     "BatchSampler",
@@ -44,17 +48,67 @@ class DataError(ValueError):
 ViewSet = tuple[np.ndarray, np.ndarray]  # sharp (V, H, W, 3) uint8, blurred (V, H, W, 3) uint8
 
 
-def synthetic_view_sets(seeds: Iterable[int], n_views: int, width: int, height: int, **kwargs) -> Iterator[ViewSet]:
-    """View sets from the synthetic generator for ``seeds`` (held-out seeds are refused)."""
+def synthetic_frames(seeds: Iterable[int], n_views: int, width: int, height: int,
+                     **kwargs) -> Iterator[tuple[np.ndarray, list]]:
+    """(sharp (V, H, W, 3), rendered frames with poses and depth) from the synthetic
+    generator for ``seeds`` (held-out seeds are refused)."""
     from sirdiff_ros.data import synth
 
     for seed in seeds:
         if synth.is_heldout_seed(int(seed)):
             raise DataError(f"seed {seed} belongs to the held-out evaluation split; never train on it")
         frames = synth.sample_view_set(int(seed), n_views, width, height, **kwargs)
-        sharp = np.stack([f.extras["sharp"] for f in frames])
-        blurred = np.stack([f.image for f in frames])
-        yield sharp, blurred
+        yield np.stack([f.extras["sharp"] for f in frames]), frames
+
+
+def synthetic_view_sets(seeds: Iterable[int], n_views: int, width: int, height: int, **kwargs) -> Iterator[ViewSet]:
+    """View sets from the synthetic generator for ``seeds`` (held-out seeds are refused)."""
+    for sharp, frames in synthetic_frames(seeds, n_views, width, height, **kwargs):
+        yield sharp, np.stack([f.image for f in frames])
+
+
+def register_view_set(sharp: np.ndarray, frames: Sequence, target: int) -> ViewSet:
+    """A view set resampled into the pixel grid of view ``target``
+    (:mod:`sirdiff_ros.core.registration`): view 0 is the target, then the other
+    views in order, each partner's sharp and degraded image resampled with one
+    registration (computed on the degraded frames, as at run time), so every
+    view stays a (sharp, degraded) pair of the same pixels."""
+    from sirdiff_ros.core.registration import register_partners
+
+    others = [j for j in range(len(frames)) if j != target]
+    regs = register_partners(frames[target], [frames[j] for j in others])
+    tgt_sharp, tgt_deg = sharp[target], frames[target].image
+    out_sharp = [tgt_sharp] + [r.resample(sharp[j], tgt_sharp) for r, j in zip(regs, others)]
+    out_deg = [tgt_deg] + [r.resample(frames[j].image, tgt_deg) for r, j in zip(regs, others)]
+    return np.stack(out_sharp), np.stack(out_deg)
+
+
+def registered_view_sets(sets: Iterable[tuple[np.ndarray, Sequence]], seed: int = 0,
+                         flow_fraction: float = 0.0) -> Iterator[ViewSet]:
+    """:func:`register_view_set` over (sharp (V, H, W, 3), frames) pairs with a
+    random target per set. ``flow_fraction`` of the sets are registered without
+    depth (optical flow, as for a camera without depth) even when frames carry it."""
+    import dataclasses
+
+    rng = np.random.default_rng([seed, 0x2E6])
+    for sharp, frames in sets:
+        target = int(rng.integers(len(frames)))
+        if rng.random() < flow_fraction:
+            frames = [dataclasses.replace(f, depth=None) for f in frames]
+        yield register_view_set(sharp, frames, target)
+
+
+def shard_frames(store: "ShardStore") -> Iterator[tuple[np.ndarray, list]]:
+    """(sharp, frames) per cached set, the frames holding the degraded views
+    without poses or depth (registration falls back to optical flow)."""
+    from sirdiff_ros.core.frame import Frame
+    from sirdiff_ros.core.geometry import CameraIntrinsics
+
+    h, w = store.size
+    # Flow registration does not use intrinsics; a Frame needs some.
+    k = CameraIntrinsics(fx=float(w), fy=float(w), cx=(w - 1) / 2, cy=(h - 1) / 2, width=w, height=h)
+    for i in range(len(store)):
+        yield store.sharp[i], [Frame(image=img, stamp_ns=v, intrinsics=k) for v, img in enumerate(store.blurred[i])]
 
 
 def dataset_view_sets(path: str | Path, n_views: int, stride: int = 1, seed: int = 0,
@@ -156,12 +210,27 @@ class ShardStore:
                         blurred.append(z["blurred"])
                 except (OSError, KeyError, ValueError) as exc:
                     raise DataError(f"corrupt shard {p}: {exc}") from exc
+        kinds = {self._registration(f) for f in self.folders}
+        if len(kinds) != 1:
+            raise DataError(f"cache folders mix registered and unregistered view sets: {kinds}")
+        #: "none", or how partners were resampled into view 0's grid ("fusion-align").
+        self.registration = kinds.pop()
         shapes = {a.shape[1:] for a in sharp}
         if len(shapes) != 1:
             names = ", ".join(str(f) for f in self.folders)
             raise DataError(f"shards in {names} have different view-set shapes: {sorted(shapes)}")
         self.sharp = np.concatenate(sharp)
         self.blurred = np.concatenate(blurred)
+
+    @staticmethod
+    def _registration(folder: Path) -> str:
+        meta = folder / "meta.json"
+        if not meta.is_file():
+            return "none"
+        try:
+            return str(json.loads(meta.read_text()).get("registration", "none"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"corrupt {meta}: {exc}") from exc
 
     def __len__(self) -> int:
         return int(self.sharp.shape[0])

@@ -128,7 +128,17 @@ class Trainer:
         self.store = ShardStore(cfg.cache)
         self.encoder = SpaceToDepthEncoder(cfg.encoder_factor)
         if "residual_scale" not in cfg.measured:
-            cfg.measured["residual_scale"] = measure_residual_scale(self.store, self.encoder) if cfg.residual else 1.0
+            if cfg.init_from and cfg.residual:
+                # Fine-tuning keeps the scale the source weights were trained against.
+                src = TrainConfig.from_json(Path(cfg.init_from) / "run.json")
+                cfg.measured["residual_scale"] = float(src.measured["residual_scale"])
+            else:
+                cfg.measured["residual_scale"] = measure_residual_scale(self.store, self.encoder) if cfg.residual else 1.0
+        # How the cached partners were prepared; the exported checkpoint tells the backend.
+        cfg.measured.setdefault("view_registration", self.store.registration)
+        if cfg.measured["view_registration"] != self.store.registration:
+            raise ValueError(f"{self.run_dir} was trained on {cfg.measured['view_registration']!r} view sets, "
+                             f"its cache now holds {self.store.registration!r} ones")
         self.parametrization = Parametrization(
             residual=cfg.residual, residual_scale=float(cfg.measured["residual_scale"]), task=cfg.task
         )
@@ -286,7 +296,8 @@ class Trainer:
             self.ema.copy_to(unet.parameters())
         sched = make_scheduler("ddim", prediction_type=self.config.prediction_type,
                                zero_terminal_snr=self.config.zero_terminal_snr)
-        return SirDiffPipeline(unet=unet, scheduler=sched, encoder=self.encoder, parametrization=self.parametrization)
+        return SirDiffPipeline(unet=unet, scheduler=sched, encoder=self.encoder, parametrization=self.parametrization,
+                               view_registration=str(self.config.measured["view_registration"]))
 
 
 def run_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -334,8 +345,8 @@ def export_run(run_dir: str | Path, out: str | Path, use_ema: bool = True, fp16:
     par = Parametrization(residual=cfg.residual, residual_scale=float(cfg.measured.get("residual_scale", 1.0)),
                           task=cfg.task)
     sched = make_scheduler("ddim", prediction_type=cfg.prediction_type, zero_terminal_snr=cfg.zero_terminal_snr)
-    pipe = SirDiffPipeline(unet=unet.eval(), scheduler=sched,
-                           encoder=encoder, parametrization=par)
+    pipe = SirDiffPipeline(unet=unet.eval(), scheduler=sched, encoder=encoder, parametrization=par,
+                           view_registration=str(cfg.measured.get("view_registration", "none")))
     if fp16:
         pipe.unet.to(torch.float16)
     step = int(json.loads((latest / "step.json").read_text())["step"])

@@ -58,7 +58,7 @@ from ..reblur import center_kernel, estimate_kernel, kernel_centroid, kernel_ext
 from .base import RestoredView, RestoreRequest, RestoreResult, register_restorer
 from .passthrough import check_request
 
-__all__ = ["FusionConfig", "FusionRestorer", "align_partner"]
+__all__ = ["Alignment", "FusionConfig", "FusionRestorer", "align_partner", "align_partners", "soft_mask", "warp_full"]
 
 
 @dataclass(frozen=True)
@@ -392,42 +392,19 @@ class FusionRestorer:
         ]
         if not partners:
             return RestoredView(ti, img, False, "no_sharper_partner", {"partners_used": 0})
-        scale = cfg.work_scale
-        aligned, extent = self._align_all(target, partners, scale)
-        # A blur longer than the kernel window cannot be modelled at this scale
-        # (checks then reject most pixels): work at half the resolution.
-        if cfg.adapt_scale and extent > 0.8 * cfg.kernel_size and img.shape[1] * scale / 2 >= 64:
-            scale /= 2
-            aligned, extent = self._align_all(target, partners, scale)
-        view = self._blend(views, ti, aligned, scale)
-        view.info["work_scale"] = scale
-        view.info["blur_extent_px"] = extent / scale
-        return view
-
-    def _align_all(self, target: Frame, partners: list, scale: float) -> tuple[list, float]:
-        """Align every partner at ``scale``: [(index, method, gain, weight map, flow)],
-        and the longest relative blur (px at that scale)."""
-        cfg = self.config
-        H, W = target.image.shape[:2]
-        size = (max(8, int(round(W * scale))), max(8, int(round(H * scale))))
-        tg = _resize(_grey_f32(target.image), size)
+        aligned, scale, extent = align_partners(target, [p for _, p in partners], cfg)
+        tg = _resize(_grey_f32(img), aligned[0].sharp.shape[::-1])
         e_t = local_sharpness(tg, cfg.sharpness_sigma)
-        tg_score = sharpness(np.clip(tg, 0, 255).astype(np.uint8))
-        dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[cfg.dis_preset])
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * cfg.erode_px + 1,) * 2) if cfg.erode_px else None
-        out, extent = [], 0.0
-        for j, p in partners:
-            al = align_partner(target, p, tg, tg_score, cfg, dis)
+        weighted = []
+        for (j, _), al in zip(partners, aligned):
             # Local sharpness of the *unblurred* partner, warped to the target.
             ratio = local_sharpness(al.sharp, cfg.sharpness_sigma) / (e_t + 1.0)
             gain = np.clip((ratio - cfg.sharper_ratio) / (cfg.full_ratio - cfg.sharper_ratio), 0.0, 1.0)
-            wmap = al.trust * gain
-            if kernel is not None:
-                wmap = cv2.erode(wmap, kernel)
-            wmap = cv2.GaussianBlur(wmap, (0, 0), cfg.weight_sigma)
-            out.append((j, al.method, al.gain, wmap, al.flow))
-            extent = max(extent, al.blur_extent)
-        return out, extent
+            weighted.append((j, al.method, al.gain, soft_mask(al.trust * gain, cfg), al.flow))
+        view = self._blend(views, ti, weighted, scale)
+        view.info["work_scale"] = scale
+        view.info["blur_extent_px"] = extent / scale
+        return view
 
     def _blend(self, views: Any, ti: int, aligned: list, scale: float) -> RestoredView:
         """Fuse the aligned partners into the target at full resolution."""
@@ -444,12 +421,10 @@ class FusionRestorer:
             if float(wn.max()) < 1e-3:
                 continue
             # Work scale -> full resolution: weights and flow (values scale too).
-            h, w = wn.shape
             wf = cv2.resize(wn, (W, H), interpolation=cv2.INTER_LINEAR)
-            ff = cv2.resize(flow, (W, H), interpolation=cv2.INTER_LINEAR) * np.array([W / w, H / h], np.float32)
-            warped = _warp(views[j].image, ff)  # uint8 remap: less memory traffic
+            warped, inside = warp_full(views[j].image, flow)
             # Smoothed weights reach a few pixels past the partner's border: cut there.
-            wf *= _inside(ff, views[j].image.shape)
+            wf *= inside
             if warped.ndim == 3:
                 acc += cv2.merge([wf * float(g) for g in np.atleast_1d(gain)]) * warped
             else:
@@ -465,6 +440,56 @@ class FusionRestorer:
         result = acc + (keep[..., None] if tgt_f.ndim == 3 else keep) * tgt_f
         out = np.clip(np.rint(result), 0, 255).astype(np.uint8)
         return RestoredView(ti, out, True, "", info)
+
+
+def align_partners(target: Frame, partners: list[Frame], config: FusionConfig) -> tuple[list[Alignment], float, float]:
+    """Align every partner to ``target`` (:func:`align_partner`) at ``config.work_scale``,
+    or at half of it when the longest relative blur comes out longer than 0.8
+    ``kernel_size`` (``adapt_scale``: such a blur cannot be modelled at that
+    scale and the checks would reject most pixels).
+
+    Returns (alignments in partner order, the scale used, the longest relative
+    blur in px at that scale).
+    """
+    if not partners:
+        raise ValueError("align_partners needs at least one partner")
+    W = target.image.shape[1]
+
+    def at(scale: float) -> tuple[list[Alignment], float]:
+        H, W = target.image.shape[:2]
+        size = (max(8, int(round(W * scale))), max(8, int(round(H * scale))))
+        tg = _resize(_grey_f32(target.image), size)
+        tg_score = sharpness(np.clip(tg, 0, 255).astype(np.uint8))
+        dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[config.dis_preset])
+        out = [align_partner(target, p, tg, tg_score, config, dis) for p in partners]
+        return out, max(a.blur_extent for a in out)
+
+    scale = config.work_scale
+    aligned, extent = at(scale)
+    if config.adapt_scale and extent > 0.8 * config.kernel_size and W * scale / 2 >= 64:
+        scale /= 2
+        aligned, extent = at(scale)
+    return aligned, scale, extent
+
+
+def soft_mask(weights: np.ndarray, config: FusionConfig) -> np.ndarray:
+    """Erode a weight map by ``erode_px`` (untrusted regions get exactly zero) and
+    smooth it with ``weight_sigma`` (no seams where it is applied)."""
+    if config.erode_px:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * config.erode_px + 1,) * 2)
+        weights = cv2.erode(weights, kernel)
+    return cv2.GaussianBlur(weights, (0, 0), config.weight_sigma)
+
+
+def warp_full(image: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a partner ``image`` into the target's full-resolution grid with a
+    work-scale ``flow`` (upsampled, offsets scaled with it). The target has the
+    partner's size (one camera). Returns (warped image, mask of pixels that land
+    inside the partner)."""
+    H, W = image.shape[:2]
+    h, w = flow.shape[:2]
+    ff = cv2.resize(flow, (W, H), interpolation=cv2.INTER_LINEAR) * np.array([W / w, H / h], np.float32)
+    return _warp(image, ff), _inside(ff, image.shape)
 
 
 def _exposure_gain(target: np.ndarray, warped: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from ..frame import Frame
+from ..registration import REGISTRATION, registered_views
 from .base import RestoredView, RestorerError, RestoreRequest, RestoreResult, register_restorer
 
 __all__ = ["DEFAULT_CHECKPOINT", "SirDiffRestorer", "SingleViewSirDiffRestorer"]
@@ -106,6 +107,9 @@ class SirDiffRestorer:
         self.memory_budget_mb = memory_budget_mb
         self.tile_size = tile_size
         self.checkpoint = str(checkpoint if checkpoint is not None else (sd21 or DEFAULT_CHECKPOINT))
+        if self.pipe.view_registration not in ("none", REGISTRATION):
+            raise RestorerError(f"{self.checkpoint} was trained on views registered by "
+                                f"{self.pipe.view_registration!r}; this version knows 'none' and {REGISTRATION!r}")
         self._lock = threading.Lock()  # the scheduler keeps per-call state
 
     # ----------------------------------------------------------- conversion
@@ -141,8 +145,19 @@ class SirDiffRestorer:
 
     def _calls(self, request: RestoreRequest, views: list[np.ndarray]) -> list[tuple[list[np.ndarray], dict[int, int]]]:
         """Model calls as (views of the set, {request index: position in the set}).
-        Joint restoration: one set of all views."""
-        return [(views, {i: i for i in request.targets})]
+
+        Joint restoration: one set of all views; for weights trained on
+        registered sets, one set per target: the target, then every other view
+        resampled into its pixel grid (:func:`sirdiff_ros.core.registration.registered_views`).
+        """
+        if self.pipe.view_registration == "none":
+            return [(views, {i: i for i in request.targets})]
+        from dataclasses import replace
+
+        # The RGB, target-sized images; depth stays valid only where the size did.
+        frames = [f if f.image is v else replace(f, image=v, depth=f.depth if f.image.shape[:2] == v.shape[:2] else None)
+                  for f, v in zip(request.views, views)]
+        return [(registered_views(frames, i), {i: 0}) for i in request.targets]
 
     def restore(self, request: RestoreRequest) -> RestoreResult:
         if not request.views:
@@ -163,7 +178,8 @@ class SirDiffRestorer:
         try:
             for n_views, group in groups.items():
                 restored, tiles = self._run([g[0] for g in group])  # (B, N, H, W, 3)
-                info = {"steps": self.steps, "views": n_views, "tiles": tiles}
+                info = {"steps": self.steps, "views": n_views, "tiles": tiles,
+                        "registration": self.pipe.view_registration}
                 for (_, where), res in zip(group, restored):
                     for index, pos in where.items():
                         out_by_index[index] = (res[pos], info)
