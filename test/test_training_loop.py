@@ -169,6 +169,7 @@ def test_init_from_starts_a_new_run_at_another_runs_ema_weights(cache: Path, tmp
     # Resuming the fine-tuned run loads its own checkpoint, not the source's weights again.
     resumed = Trainer(tmp_path / "tuned", progress=False)
     assert resumed.config.init_from == str(tmp_path / "source") and resumed.step == 2
+    assert resumed.config.measured["init_checkpoint"] == str(source.checkpoints()[-1])
     for p, q in zip(resumed.accelerator.unwrap_model(resumed.unet).parameters(),
                     tuned.accelerator.unwrap_model(tuned.unet).parameters()):
         torch.testing.assert_close(p, q, atol=0, rtol=0)

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--high-t-fraction", type=float, default=0.0,
                    help="share of sets trained at the noisiest timesteps, [START*T, T) (few-step sampling starts there)")
     t.add_argument("--high-t-start", type=float, default=0.7, help="START for --high-t-fraction (0..1)")
+    t.add_argument("--view-lr-scale", type=float, default=1.0,
+                   help="learning-rate multiplier for the cross-view paths (3D convolutions, their gates)")
     t.add_argument("--init-from", help="a run folder whose newest EMA weights initialise this new run (fine-tuning)")
     t.add_argument("--no-zero-snr", action="store_true",
                    help="keep SD's schedule (t=999 still holds 0.068*x0); always so for --prediction-type epsilon")
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                               batch_size=args.batch_size, crop=crop, n_views=args.views, lr=args.lr,
                               ema_decay=args.ema_decay, prediction_type=args.prediction_type,
                               snr_gamma=args.snr_gamma, high_t_fraction=args.high_t_fraction,
-                              high_t_start=args.high_t_start, init_from=args.init_from,
+                              high_t_start=args.high_t_start, init_from=args.init_from, view_lr_scale=args.view_lr_scale,
                               zero_terminal_snr=not args.no_zero_snr and args.prediction_type != "epsilon",
                               residual=not args.no_residual, seed=args.seed,
                               save_every=args.save_every, num_threads=args.threads,
