@@ -135,7 +135,8 @@ PYEOF
 # 3. A few minutes of training of the `small` preset on the synthetic generator.
 if "$PY" -c "import cv2, skimage" 2>/dev/null; then
   if [ "$MODE" = "cpu-smoke" ]; then SETS=4; STEPS=3; SIZE=64x48; CROP=32x32; BS=2; else SETS=192; STEPS=1500; SIZE=320x240; CROP=128x128; BS=16; fi
-  "$PY" -m sirdiff_ros.training.cli cache --out "$OUT/cache" --sets "$SETS" --views 4 --size "$SIZE" --shard-size 32
+  "$PY" -m sirdiff_ros.training.cli cache --out "$OUT/cache" --sets "$SETS" --views 4 --size "$SIZE" --shard-size 32 \
+      --register --flow-fraction 0.3   # partners in each target's grid, as the shipped recipe
   timeout 330 "$PY" -m sirdiff_ros.training.cli train --run "$OUT/train" --cache "$OUT/cache" --preset small \
       --steps "$STEPS" --crop "$CROP" --batch-size "$BS" --views 1-4 --lr 3e-4 --save-every 100 \
       --high-t-fraction 0.75 --high-t-start 0.9 --threads 8 || echo "training stopped by the time limit (resumable from $OUT/train)"
