@@ -291,3 +291,19 @@ def test_init_from_keeps_the_source_runs_residual_scale(cache: Path, tmp_path: P
     assert tuned.config.measured["residual_scale"] == source.config.measured["residual_scale"]
     fresh = Trainer(tmp_path / "fresh", tiny_config(tmp_path / "strong"), progress=False)
     assert fresh.config.measured["residual_scale"] == pytest.approx(own)
+
+
+def test_registered_sets_can_target_the_blurriest_view(tmp_path: Path) -> None:
+    from sirdiff_ros.core.blur import sharpness
+    from sirdiff_ros.training.data import registered_view_sets, shard_frames
+
+    write_shards(photo_view_sets(6, views=3, size=96, seed=4), tmp_path / "plain", progress=False)
+    store = ShardStore(tmp_path / "plain")
+    blurriest = [int(np.argmin([sharpness(v) for v in s])) for s in store.blurred]
+    assert len(set(blurriest)) > 1  # the blurriest view is not always the same position
+    for fraction, expect_all in ((1.0, True), (0.0, False)):
+        chosen = []
+        for (sharp, deg), i in zip(registered_view_sets(shard_frames(store), seed=1, blurriest_fraction=fraction),
+                                   range(len(store))):
+            chosen.append(int(np.flatnonzero([np.array_equal(deg[0], v) for v in store.blurred[i]])[0]))
+        assert (chosen == blurriest) == expect_all, (fraction, chosen, blurriest)

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "trains checkpoints that the sirdiff backend feeds registered partners)")
     c.add_argument("--flow-fraction", type=float, default=0.5,
                    help="--register: share of sets registered by optical flow instead of depth and poses")
+    c.add_argument("--blurriest-fraction", type=float, default=0.0,
+                   help="--register: share of sets whose target is the least sharp view (the rest: a random view)")
 
     r = sub.add_parser("register", help="resample the sets of existing shard folders into a random target view's "
                                         "grid (optical flow: cached sets carry no depth)")
@@ -129,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"generator": "sirdiff_ros.data.synth.sample_view_set", "sets": args.sets, "views": args.views,
                 "width": w, "height": h, "first_seed": args.first_seed, **opts}
         if args.register:
-            meta.update(registration=REGISTRATION, flow_fraction=args.flow_fraction, target_seed=args.first_seed)
+            meta.update(registration=REGISTRATION, flow_fraction=args.flow_fraction,
+                        blurriest_fraction=args.blurriest_fraction, target_seed=args.first_seed)
             sets = registered_view_sets(synthetic_frames(seeds, args.views, w, h, **opts), seed=args.first_seed,
-                                        flow_fraction=args.flow_fraction)
+                                        flow_fraction=args.flow_fraction, blurriest_fraction=args.blurriest_fraction)
         else:
             sets = synthetic_view_sets(seeds, args.views, w, h, **opts)
         paths = write_shards(sets, args.out, args.shard_size, meta=meta)

@@ -84,15 +84,22 @@ def register_view_set(sharp: np.ndarray, frames: Sequence, target: int) -> ViewS
 
 
 def registered_view_sets(sets: Iterable[tuple[np.ndarray, Sequence]], seed: int = 0,
-                         flow_fraction: float = 0.0) -> Iterator[ViewSet]:
-    """:func:`register_view_set` over (sharp (V, H, W, 3), frames) pairs with a
-    random target per set. ``flow_fraction`` of the sets are registered without
+                         flow_fraction: float = 0.0, blurriest_fraction: float = 0.0) -> Iterator[ViewSet]:
+    """:func:`register_view_set` over (sharp (V, H, W, 3), frames) pairs. The target
+    is the least sharp view (:func:`sirdiff_ros.core.blur.sharpness`; the online
+    core restores blurred keyframes) for ``blurriest_fraction`` of the sets, a
+    random view otherwise. ``flow_fraction`` of the sets are registered without
     depth (optical flow, as for a camera without depth) even when frames carry it."""
     import dataclasses
 
+    from sirdiff_ros.core.blur import sharpness
+
     rng = np.random.default_rng([seed, 0x2E6])
     for sharp, frames in sets:
-        target = int(rng.integers(len(frames)))
+        if rng.random() < blurriest_fraction:
+            target = int(np.argmin([sharpness(f.image) for f in frames]))
+        else:
+            target = int(rng.integers(len(frames)))
         if rng.random() < flow_fraction:
             frames = [dataclasses.replace(f, depth=None) for f in frames]
         yield register_view_set(sharp, frames, target)
