@@ -96,7 +96,7 @@ def registered_view_sets(sets: Iterable[tuple[np.ndarray, Sequence]], seed: int 
 
     rng = np.random.default_rng([seed, 0x2E6])
     for sharp, frames in sets:
-        if rng.random() < blurriest_fraction:
+        if blurriest_fraction > 0 and rng.random() < blurriest_fraction:  # no draw at 0: same targets as before
             target = int(np.argmin([sharpness(f.image) for f in frames]))
         else:
             target = int(rng.integers(len(frames)))
