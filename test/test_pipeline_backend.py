@@ -17,8 +17,11 @@ from sirdiff_ros.model.pipeline import Parametrization, SirDiffPipeline, make_sc
 from sirdiff_ros.model.presets import build_model
 
 
-# Mean PSNR gain of the shipped weights on 3 held-out view sets (measured: see MODEL_CARD.md), with margin.
-MIN_SHIPPED_GAIN_DB = 0.3
+# On the blurriest view of 3 held-out view sets, the shipped weights' mean PSNR gain over the input and
+# lead over the same weights on the target alone (measured: see MODEL_CARD.md), with margin; the lead is
+# issue 7's bar for multi-view over single-view.
+MIN_SHIPPED_GAIN_DB = 1.0
+MIN_SHIPPED_LEAD_DB = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -155,22 +158,27 @@ def test_shipped_weights_restore_a_small_image() -> None:
     assert res.views[0].image.shape == (48, 64, 3) and res.views[0].restored
 
 
-def test_shipped_weights_sharpen_heldout_blurred_views() -> None:
+def test_shipped_weights_sharpen_heldout_blurred_views_and_use_the_others() -> None:
     """The shipped checkpoint restores: on the blurriest view of held-out synthetic view sets (seeds and
-    textures never trained on) its 1-step output is closer to the sharp render than the blurred input."""
+    textures never trained on) its 1-step output is closer to the sharp render than the blurred input,
+    and closer with the other 3 views than with the same weights run on the target alone."""
     from sirdiff_ros.data.synth import sample_view_set
     from sirdiff_ros.data.textures import heldout_seeds
     from sirdiff_ros.evaluation.metrics import psnr
 
-    restorer = create_restorer("sirdiff")
-    gains = []
+    joint, single = create_restorer("sirdiff"), create_restorer("sirdiff-single")
+    gains, leads = [], []
     for seed in heldout_seeds(3):
         views = sample_view_set(seed, 4, 320, 240, baseline_m=(0.05, 0.3))
         target = int(np.argmax([f.extras["blur_px"] for f in views]))
         sharp = views[target].extras["sharp"]
-        out = restorer.restore(RestoreRequest(views=views, targets=[target])).for_index(target).image
-        gains.append(psnr(out, sharp) - psnr(views[target].image, sharp))
+        request = RestoreRequest(views=views, targets=[target])
+        out = psnr(joint.restore(request).for_index(target).image, sharp)
+        alone = psnr(single.restore(request).for_index(target).image, sharp)
+        gains.append(out - psnr(views[target].image, sharp))
+        leads.append(out - alone)
     assert min(gains) > 0.0 and float(np.mean(gains)) > MIN_SHIPPED_GAIN_DB, gains
+    assert min(leads) > 0.0 and float(np.mean(leads)) > MIN_SHIPPED_LEAD_DB, leads
 
 
 def test_backend_from_tiny_sd21_folder(tmp_path) -> None:
