@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -143,6 +144,15 @@ def test_registered_checkpoint_restores_each_target_from_partners_in_its_grid(tm
         unregistered = loaded(images_to_tensor(raw)[None], num_inference_steps=1,
                               generator=torch.Generator().manual_seed(0), output_type="np").images[0, 0]
         assert np.abs(got - unregistered).mean() > 1.0
+    # Mono views and a partner of another size (resized to the target's, registered by flow) still work.
+    import dataclasses
+
+    mono = [dataclasses.replace(v, image=cv2.cvtColor(v.image, cv2.COLOR_RGB2GRAY)) for v in views]
+    small_k = dataclasses.replace(views[2].intrinsics, width=64, height=48, fx=views[2].intrinsics.fx / 2,
+                                  fy=views[2].intrinsics.fy / 2)
+    mono[2] = dataclasses.replace(mono[2], image=cv2.resize(mono[2].image, (64, 48)), intrinsics=small_k, depth=None)
+    out = restorer.restore(RestoreRequest(views=mono, targets=[0])).for_index(0)
+    assert out.image.shape == (96, 128) and out.info["registration"] == REGISTRATION
     # A registration this version does not know is refused at load time, naming it.
     cfg = json.loads((folder / "sirdiff_pipeline.json").read_text())
     cfg["view_registration"] = "future-warp"

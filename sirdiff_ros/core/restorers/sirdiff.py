@@ -154,9 +154,18 @@ class SirDiffRestorer:
             return [(views, {i: i for i in request.targets})]
         from dataclasses import replace
 
-        # The RGB, target-sized images; depth stays valid only where the size did.
-        frames = [f if f.image is v else replace(f, image=v, depth=f.depth if f.image.shape[:2] == v.shape[:2] else None)
-                  for f, v in zip(request.views, views)]
+        ref = request.views[request.targets[0]]
+
+        def as_used(f: Frame, v: np.ndarray) -> Frame:
+            """The frame with the image the model sees (RGB, the reference's size)."""
+            if f.image is v:
+                return f
+            if f.image.shape[:2] == v.shape[:2]:
+                return replace(f, image=v)  # mono made RGB: depth and intrinsics still hold
+            # Resized (another camera, a guard): no geometry to trust; optical flow only.
+            return replace(f, image=v, depth=None, pose=None, intrinsics=ref.intrinsics)
+
+        frames = [as_used(f, v) for f, v in zip(request.views, views)]
         return [(registered_views(frames, i), {i: 0}) for i in request.targets]
 
     def restore(self, request: RestoreRequest) -> RestoreResult:
