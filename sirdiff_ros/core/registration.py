@@ -28,7 +28,7 @@ import numpy as np
 from .frame import Frame
 from .restorers.fusion import FusionConfig, align_partners, soft_mask, warp_full
 
-__all__ = ["REGISTRATION", "Registration", "register_partners", "registered_views"]
+__all__ = ["REGISTRATION", "Registration", "register_partners", "register_others", "resample_others", "registered_views"]
 
 #: Name of this registration in cache metadata and checkpoints (``view_registration``).
 REGISTRATION = "fusion-align"
@@ -71,7 +71,7 @@ def register_partners(target: Frame, partners: Sequence[Frame], config: FusionCo
     for p in partners:
         if p.image.shape[:2] != target.image.shape[:2]:
             raise ValueError(f"partner size {p.image.shape[:2]} differs from the target's {target.image.shape[:2]}")
-    aligned, _scale, _extent = align_partners(target, list(partners), cfg)
+    aligned, _scale, _extent, _grey = align_partners(target, list(partners), cfg)
     H, W = target.image.shape[:2]
     out = []
     for al in aligned:
@@ -80,10 +80,19 @@ def register_partners(target: Frame, partners: Sequence[Frame], config: FusionCo
     return out
 
 
+def register_others(views: Sequence[Frame], target: int, config: FusionConfig | None = None) -> list[Registration]:
+    """Every view but ``target`` registered to it, in view order."""
+    return register_partners(views[target], [v for j, v in enumerate(views) if j != target], config)
+
+
+def resample_others(registrations: Sequence[Registration], images: Sequence[np.ndarray], target: int) -> list[np.ndarray]:
+    """``images[target]`` followed by every other image resampled into its grid with
+    its registration (:func:`register_others` of the same views), in view order."""
+    others = [im for j, im in enumerate(images) if j != target]
+    return [images[target]] + [r.resample(im, images[target]) for r, im in zip(registrations, others)]
+
+
 def registered_views(views: Sequence[Frame], target: int, config: FusionConfig | None = None) -> list[np.ndarray]:
     """The target's image followed by every other view resampled into its grid
     (:meth:`Registration.resample`), in view order."""
-    tf = views[target]
-    partners = [v for j, v in enumerate(views) if j != target]
-    regs = register_partners(tf, partners, config)
-    return [tf.image] + [r.resample(p.image, tf.image) for r, p in zip(regs, partners)]
+    return resample_others(register_others(views, target, config), [v.image for v in views], target)

@@ -73,14 +73,11 @@ def register_view_set(sharp: np.ndarray, frames: Sequence, target: int) -> ViewS
     views in order, each partner's sharp and degraded image resampled with one
     registration (computed on the degraded frames, as at run time), so every
     view stays a (sharp, degraded) pair of the same pixels."""
-    from sirdiff_ros.core.registration import register_partners
+    from sirdiff_ros.core.registration import register_others, resample_others
 
-    others = [j for j in range(len(frames)) if j != target]
-    regs = register_partners(frames[target], [frames[j] for j in others])
-    tgt_sharp, tgt_deg = sharp[target], frames[target].image
-    out_sharp = [tgt_sharp] + [r.resample(sharp[j], tgt_sharp) for r, j in zip(regs, others)]
-    out_deg = [tgt_deg] + [r.resample(frames[j].image, tgt_deg) for r, j in zip(regs, others)]
-    return np.stack(out_sharp), np.stack(out_deg)
+    regs = register_others(frames, target)
+    return (np.stack(resample_others(regs, list(sharp), target)),
+            np.stack(resample_others(regs, [f.image for f in frames], target)))
 
 
 def registered_view_sets(sets: Iterable[tuple[np.ndarray, Sequence]], seed: int = 0,

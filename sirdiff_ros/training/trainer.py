@@ -147,17 +147,17 @@ class Trainer:
         self.parametrization = Parametrization(
             residual=cfg.residual, residual_scale=float(cfg.measured["residual_scale"]), task=cfg.task
         )
-        if self.accelerator.is_main_process and not cfg_path.is_file():
-            cfg_path.write_text(json.dumps(asdict(cfg), indent=2))
+        new_run = not cfg_path.is_file()
 
         # Same seed on every process for the weights; data differs per process.
         torch.manual_seed(cfg.seed)
         self.unet = _build_unet(cfg.preset, self.encoder.latent_channels)
-        if cfg.init_from and not self.checkpoints():
-            used = load_run_weights(cfg.init_from, self.unet)
-            cfg.measured["init_checkpoint"] = str(used)  # the source run goes on; record which step we took
-            if self.accelerator.is_main_process:
-                cfg_path.write_text(json.dumps(asdict(cfg), indent=2))
+        initialised = bool(cfg.init_from) and not self.checkpoints()
+        if initialised:
+            # The source run goes on; record which step we took.
+            cfg.measured["init_checkpoint"] = str(load_run_weights(cfg.init_from, self.unet))
+        if self.accelerator.is_main_process and (new_run or initialised):
+            cfg_path.write_text(json.dumps(asdict(cfg), indent=2))
         self.noise_scheduler = make_scheduler("ddim", prediction_type=cfg.prediction_type,
                                               zero_terminal_snr=cfg.zero_terminal_snr)
         self.ema = EMAModel(self.unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True,

@@ -392,8 +392,7 @@ class FusionRestorer:
         ]
         if not partners:
             return RestoredView(ti, img, False, "no_sharper_partner", {"partners_used": 0})
-        aligned, scale, extent = align_partners(target, [p for _, p in partners], cfg)
-        tg = _resize(_grey_f32(img), aligned[0].sharp.shape[::-1])
+        aligned, scale, extent, tg = align_partners(target, [p for _, p in partners], cfg)
         e_t = local_sharpness(tg, cfg.sharpness_sigma)
         weighted = []
         for (j, _), al in zip(partners, aligned):
@@ -442,34 +441,35 @@ class FusionRestorer:
         return RestoredView(ti, out, True, "", info)
 
 
-def align_partners(target: Frame, partners: list[Frame], config: FusionConfig) -> tuple[list[Alignment], float, float]:
+def align_partners(
+    target: Frame, partners: list[Frame], config: FusionConfig
+) -> tuple[list[Alignment], float, float, np.ndarray]:
     """Align every partner to ``target`` (:func:`align_partner`) at ``config.work_scale``,
     or at half of it when the longest relative blur comes out longer than 0.8
     ``kernel_size`` (``adapt_scale``: such a blur cannot be modelled at that
     scale and the checks would reject most pixels).
 
     Returns (alignments in partner order, the scale used, the longest relative
-    blur in px at that scale).
+    blur in px at that scale, the target's float32 grey image at that scale).
     """
     if not partners:
         raise ValueError("align_partners needs at least one partner")
-    W = target.image.shape[1]
+    H, W = target.image.shape[:2]
 
-    def at(scale: float) -> tuple[list[Alignment], float]:
-        H, W = target.image.shape[:2]
+    def at(scale: float) -> tuple[list[Alignment], float, np.ndarray]:
         size = (max(8, int(round(W * scale))), max(8, int(round(H * scale))))
         tg = _resize(_grey_f32(target.image), size)
         tg_score = sharpness(np.clip(tg, 0, 255).astype(np.uint8))
         dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[config.dis_preset])
         out = [align_partner(target, p, tg, tg_score, config, dis) for p in partners]
-        return out, max(a.blur_extent for a in out)
+        return out, max(a.blur_extent for a in out), tg
 
     scale = config.work_scale
-    aligned, extent = at(scale)
+    aligned, extent, tg = at(scale)
     if config.adapt_scale and extent > 0.8 * config.kernel_size and W * scale / 2 >= 64:
         scale /= 2
-        aligned, extent = at(scale)
-    return aligned, scale, extent
+        aligned, extent, tg = at(scale)
+    return aligned, scale, extent, tg
 
 
 def soft_mask(weights: np.ndarray, config: FusionConfig) -> np.ndarray:
