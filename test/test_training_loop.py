@@ -177,6 +177,24 @@ def test_init_from_starts_a_new_run_at_another_runs_ema_weights(cache: Path, tmp
         load_run_weights(tmp_path / "nothing", tuned.accelerator.unwrap_model(tuned.unet))
 
 
+def test_cosine_schedule_decays_to_zero_and_survives_a_resume(cache: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(cache, lr_schedule="cosine", warmup_steps=2, max_steps=8, save_every=4)
+    first = Trainer(tmp_path / "run", cfg, progress=False)
+    assert first.fit(stop_after=4) == 4
+    del first
+    resumed = Trainer(tmp_path / "run", progress=False)  # run.json, not the caller, holds the schedule
+    assert resumed.config.lr_schedule == "cosine" and resumed.fit() == 8
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
+    # The lr logged after step k is the one step k+1 uses: warmup 2 steps, then
+    # 0.5 * (1 + cos(pi * (k - 2) / 6)) of 1e-3, reaching 0 at step 8.
+    expected = [1e-3 * (min(1.0, (k + 1) / 2) if k < 2 else 0.5 * (1 + np.cos(np.pi * (k - 2) / 6)))
+                for k in range(1, 9)]
+    np.testing.assert_allclose(lrs, expected, atol=1e-12)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
+        tiny_config(cache, lr_schedule="linear")
+
+
 def test_high_t_start_confines_the_high_share_of_timesteps(cache: Path, tmp_path: Path) -> None:
     trainer = Trainer(tmp_path / "run", tiny_config(cache, high_t_fraction=1.0, high_t_start=0.95), progress=False)
     seen: list[int] = []

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--crop", type=_size, default=None, help="random crop WxH (same window in all views)")
     t.add_argument("--views", type=_range, default=(1, 4), help="random views per batch, e.g. 1-4")
     t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="after warmup: constant, or cosine decay to 0 at --steps")
     t.add_argument("--ema-decay", type=float, default=0.999)
     t.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "sample"), default="v_prediction",
                    help="network target; v (SD 2.1's choice) by default: with eps, 500 CPU steps gave samples at "
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             cache = args.cache[0] if len(args.cache) == 1 else args.cache  # one folder: run.json as before
             cfg = TrainConfig(cache=cache, preset=args.preset, task=args.task, max_steps=args.steps,
                               batch_size=args.batch_size, crop=crop, n_views=args.views, lr=args.lr,
+                              lr_schedule=args.lr_schedule,
                               ema_decay=args.ema_decay, prediction_type=args.prediction_type,
                               snr_gamma=args.snr_gamma, high_t_fraction=args.high_t_fraction,
                               high_t_start=args.high_t_start, init_from=args.init_from, view_lr_scale=args.view_lr_scale,

@@ -24,6 +24,7 @@ checkpoint and continues to ``max_steps``.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,10 @@ from ..model.encoders import SpaceToDepthEncoder
 from ..model.pipeline import Parametrization, SirDiffPipeline, make_scheduler
 from .data import BatchSampler, ShardStore
 
-__all__ = ["TrainConfig", "Trainer", "measure_residual_scale", "run_checkpoints", "load_run_weights", "export_run"]
+__all__ = ["TrainConfig", "Trainer", "lr_factor", "measure_residual_scale", "run_checkpoints", "load_run_weights", "export_run"]
+
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -54,6 +58,9 @@ class TrainConfig:
     n_views: tuple[int, int] = (1, 4)
     lr: float = 2e-4
     warmup_steps: int = 200
+    # 'constant' after warmup, or 'cosine': decays to 0 at max_steps (a resume
+    # that moves max_steps moves the end of the decay with it).
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     prediction_type: str = "v_prediction"  # 'epsilon' (paper), 'v_prediction' (SD 2.1), 'sample'
@@ -82,6 +89,10 @@ class TrainConfig:
     view_lr_scale: float = 1.0
     measured: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r} (expected one of {LR_SCHEDULES})")
+
     @classmethod
     def from_json(cls, path: Path) -> "TrainConfig":
         d = json.loads(path.read_text())
@@ -99,6 +110,16 @@ def measure_residual_scale(store: ShardStore, encoder: SpaceToDepthEncoder, max_
     diff = (sharp - blurred) / 127.5  # [-1, 1] scale, (S, V, H, W, 3)
     # Space-to-depth is a permutation of pixels: the std is the same in latent space.
     return float(diff.std().clamp_min(1e-3))
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Multiplier of ``cfg.lr`` at ``step``: linear warmup, then ``cfg.lr_schedule``."""
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.lr_schedule == "constant" or step < cfg.warmup_steps:
+        return warm
+    # cosine (TrainConfig checks the name)
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _build_unet(preset: str, latent_channels: int):
@@ -166,7 +187,7 @@ class Trainer:
                                     seed=cfg.seed + 1000 * self.accelerator.process_index)
         opt = torch.optim.AdamW(_param_groups(self.unet, cfg.lr, cfg.view_lr_scale), lr=cfg.lr,
                                 weight_decay=cfg.weight_decay)
-        lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+        lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
         self.unet, self.optimizer, self.lr_scheduler = self.accelerator.prepare(self.unet, opt, lr_sched)
         self.accelerator.register_for_checkpointing(self.ema)
         self.accelerator.register_for_checkpointing(self.sampler)
