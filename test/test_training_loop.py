@@ -95,6 +95,25 @@ def test_batches_draw_random_view_counts_and_orders(cache: Path) -> None:
     assert len([o for o in orders if len(o) == 3]) >= 3  # several permutations of 3 views
 
 
+def test_softened_sets_filter_sharp_and_blurred_views_alike(cache: Path) -> None:
+    store = ShardStore(cache)
+    plain = BatchSampler(store, batch_size=1, crop=None, n_views=(3, 3), seed=3)
+    soft = BatchSampler(store, batch_size=1, crop=None, n_views=(3, 3), seed=3,
+                        soften_fraction=1.0, soften_sigma=(1.5, 1.5))
+
+    def to_u8(t: torch.Tensor) -> np.ndarray:  # (N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8
+        return np.round((t.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).astype(np.uint8)
+
+    a, b = plain.next(), soft.next()  # same set, order, crop and flip: the soften draws come last
+    for side in ("sharp", "degraded"):
+        want = np.stack([cv2.GaussianBlur(v, (0, 0), 1.5) for v in to_u8(getattr(a, side)[0])])
+        got = to_u8(getattr(b, side)[0])
+        assert np.abs(got.astype(int) - want).max() <= 1, side  # float round trip: rounding only
+        assert np.abs(np.diff(got.astype(float), axis=2)).mean() < np.abs(np.diff(to_u8(getattr(a, side)[0]).astype(float), axis=2)).mean()
+    with pytest.raises(DataError, match="soften_fraction"):
+        BatchSampler(store, batch_size=1, crop=None, n_views=(1, 3), soften_fraction=1.5)
+
+
 def test_sr4_degradation_keeps_size_and_loses_detail() -> None:
     sharp = next(photo_view_sets(1, views=2, size=64))[0]
     low = degrade_sr4(sharp)

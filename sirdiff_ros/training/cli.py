@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--high-t-start", type=float, default=0.7, help="START for --high-t-fraction (0..1)")
     t.add_argument("--view-lr-scale", type=float, default=1.0,
                    help="learning-rate multiplier for the cross-view paths (3D convolutions, their gates)")
+    t.add_argument("--soften-fraction", type=float, default=0.0,
+                   help="share of sets seen on a Gaussian-softened scene (sharp and blurred views alike): "
+                        "soft textures are not motion blur")
+    t.add_argument("--soften-sigma", type=float, nargs=2, default=(0.5, 3.0), metavar=("LO", "HI"),
+                   help="range of the softening Gaussian's sigma in px")
     t.add_argument("--init-from", help="a run folder whose newest EMA weights initialise this new run (fine-tuning)")
     t.add_argument("--no-zero-snr", action="store_true",
                    help="keep SD's schedule (t=999 still holds 0.068*x0); always so for --prediction-type epsilon")
@@ -174,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             cache = args.cache[0] if len(args.cache) == 1 else args.cache  # one folder: run.json as before
             cfg = TrainConfig(cache=cache, preset=args.preset, task=args.task, max_steps=args.steps,
                               batch_size=args.batch_size, crop=crop, n_views=args.views, lr=args.lr,
-                              lr_schedule=args.lr_schedule,
+                              lr_schedule=args.lr_schedule, soften_fraction=args.soften_fraction,
+                              soften_sigma=tuple(args.soften_sigma),
                               ema_decay=args.ema_decay, prediction_type=args.prediction_type,
                               snr_gamma=args.snr_gamma, high_t_fraction=args.high_t_fraction,
                               high_t_start=args.high_t_start, init_from=args.init_from, view_lr_scale=args.view_lr_scale,

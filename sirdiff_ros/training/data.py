@@ -38,6 +38,7 @@ __all__ = [
     "ShardStore",
     "BatchSampler",
     "degrade_sr4",
+    "soften_set",
 ]
 
 
@@ -295,6 +296,21 @@ class Batch:
     degraded: torch.Tensor  # (B, N, 3, H, W) in [-1, 1]
 
 
+def soften_set(sharp: np.ndarray, blurred: np.ndarray | None, sigma: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """The same set seen on a softer scene: every view, sharp and blurred alike,
+    convolved with one isotropic Gaussian of ``sigma`` px.
+
+    Convolutions commute, so (for locally uniform motion) Gaussian(blurred) is the
+    motion-blurred image of the Gaussian-filtered scene: a valid pair whose sharp
+    side has soft edges. Trained on, it tells the model that softness alone is not
+    motion blur (held-out scenes with smooth textures were over-sharpened)."""
+
+    def f(views: np.ndarray) -> np.ndarray:  # (N, H, W, 3) uint8
+        return np.stack([cv2.GaussianBlur(v, (0, 0), sigma) for v in views])
+
+    return f(sharp), None if blurred is None else f(blurred)
+
+
 class BatchSampler:
     """Random-N, random-order, random-crop batches from a :class:`ShardStore`.
 
@@ -305,7 +321,8 @@ class BatchSampler:
 
     def __init__(self, store: ShardStore, batch_size: int, crop: tuple[int, int] | None,
                  n_views: tuple[int, int], task: str = "deblur", seed: int = 0,
-                 degrade: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 degrade: Callable[[np.ndarray], np.ndarray] | None = None,
+                 soften_fraction: float = 0.0, soften_sigma: tuple[float, float] = (0.5, 3.0)) -> None:
         lo, hi = n_views
         if not 1 <= lo <= hi <= store.views:
             raise DataError(f"n_views range {n_views} must lie within 1..{store.views} (views per cached set)")
@@ -315,8 +332,12 @@ class BatchSampler:
         if task not in ("deblur", "sr4"):
             raise DataError(f"unknown task {task!r} (expected 'deblur' or 'sr4')")
         self.store, self.batch_size, self.crop, self.n_views, self.task = store, batch_size, crop, n_views, task
+        if not 0.0 <= soften_fraction <= 1.0 or not 0.0 < soften_sigma[0] <= soften_sigma[1]:
+            raise DataError(f"soften_fraction {soften_fraction} must lie in [0, 1] and soften_sigma "
+                            f"{soften_sigma} be an increasing pair of positive sigmas")
         self.rng = np.random.default_rng(seed)
         self._degrade = degrade
+        self.soften_fraction, self.soften_sigma = soften_fraction, soften_sigma
 
     def state_dict(self) -> dict:
         return {"bit_generator": self.rng.bit_generator.state}
@@ -336,12 +357,14 @@ class BatchSampler:
             y = int(self.rng.integers(0, h - ch + 1))
             x = int(self.rng.integers(0, w - cw + 1))
             sh = s.sharp[i, order, y : y + ch, x : x + cw]
-            if self.task == "deblur":
-                dg = s.blurred[i, order, y : y + ch, x : x + cw]
-            else:
-                dg = (self._degrade or degrade_sr4)(sh)
+            dg = s.blurred[i, order, y : y + ch, x : x + cw] if self.task == "deblur" else None
             if self.rng.random() < 0.5:  # same flip for every view keeps the set consistent
-                sh, dg = sh[:, :, ::-1], dg[:, :, ::-1]
+                sh, dg = sh[:, :, ::-1], None if dg is None else dg[:, :, ::-1]
+            # Drawn last, and not at all at soften_fraction 0: runs without it keep their batches.
+            if self.soften_fraction > 0.0 and self.rng.random() < self.soften_fraction:
+                sh, dg = soften_set(sh, dg, float(self.rng.uniform(*self.soften_sigma)))
+            if dg is None:
+                dg = (self._degrade or degrade_sr4)(sh)
             sharp_l.append(sh)
             deg_l.append(dg)
 

@@ -87,6 +87,10 @@ class TrainConfig:
     # move ~lr per step and the branches behind them see gradients scaled by the
     # gate: at 3e-4 a gate of 0.1 took 1,000 steps to reach 0.12 (measured).
     view_lr_scale: float = 1.0
+    # Share of sets seen on a Gaussian-softened scene (training.data.soften_set),
+    # sigma drawn uniformly from soften_sigma (px); 0: off.
+    soften_fraction: float = 0.0
+    soften_sigma: tuple[float, float] = (0.5, 3.0)
     measured: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,7 +100,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: Path) -> "TrainConfig":
         d = json.loads(path.read_text())
-        for k in ("crop", "n_views"):
+        for k in ("crop", "n_views", "soften_sigma"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -184,7 +188,8 @@ class Trainer:
         self.ema = EMAModel(self.unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True,
                             model_cls=type(self.unet), model_config=self.unet.config)
         self.sampler = BatchSampler(self.store, cfg.batch_size, cfg.crop, cfg.n_views, task=cfg.task,
-                                    seed=cfg.seed + 1000 * self.accelerator.process_index)
+                                    seed=cfg.seed + 1000 * self.accelerator.process_index,
+                                    soften_fraction=cfg.soften_fraction, soften_sigma=cfg.soften_sigma)
         opt = torch.optim.AdamW(_param_groups(self.unet, cfg.lr, cfg.view_lr_scale), lr=cfg.lr,
                                 weight_decay=cfg.weight_decay)
         lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
