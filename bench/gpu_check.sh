@@ -139,7 +139,7 @@ if "$PY" -c "import cv2, skimage" 2>/dev/null; then
       --register --flow-fraction 0.3   # partners in each target's grid, as the shipped recipe
   timeout 330 "$PY" -m sirdiff_ros.training.cli train --run "$OUT/train" --cache "$OUT/cache" --preset small \
       --steps "$STEPS" --crop "$CROP" --batch-size "$BS" --views 1-4 --lr 3e-4 --save-every 100 \
-      --high-t-fraction 0.75 --high-t-start 0.9 --threads 8 || echo "training stopped by the time limit (resumable from $OUT/train)"
+      --high-t-fraction 0.75 --high-t-start 0.9 --lr-schedule cosine --soften-fraction 0.3 --threads 8 || echo "training stopped by the time limit (resumable from $OUT/train)"
   "$PY" -m sirdiff_ros.training.cli export --run "$OUT/train" --out "$OUT/weights" --default-steps 1
   cp "$OUT/train/loss.jsonl" "$OUT/loss.jsonl" 2>/dev/null || true
   rm -rf "$OUT/cache" "$OUT/train/checkpoints"  # keep what comes back small: weights + loss curve
