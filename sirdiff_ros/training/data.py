@@ -363,7 +363,7 @@ class BatchSampler:
             # Drawn last, and not at all at soften_fraction 0: runs without it keep their batches.
             if self.soften_fraction > 0.0 and self.rng.random() < self.soften_fraction:
                 sh, dg = soften_set(sh, dg, float(self.rng.uniform(*self.soften_sigma)))
-            if dg is None:
+            if dg is None:  # sr4: from the flipped (and softened) crop; degrade_sr4 commutes with the flip
                 dg = (self._degrade or degrade_sr4)(sh)
             sharp_l.append(sh)
             deg_l.append(dg)
