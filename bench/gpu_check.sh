@@ -4,7 +4,7 @@
 # diffusers, rosbags or ROS, and no internet.
 #
 #   bash bench/gpu_check.sh              # full check, results under $OUT (or out/gpu_check)
-#   bash bench/gpu_check.sh --cpu-smoke  # the same code path at toy size on the CPU (run here)
+#   PYTHON=.venv/bin/python bash bench/gpu_check.sh --cpu-smoke  # the same code path at toy size on the CPU (run here)
 #
 # Needs bench/wheels/ (git-ignored; carry it to the machine) filled here by
 #   bash bench/gpu_check.sh --fetch-wheels
