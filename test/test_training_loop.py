@@ -346,3 +346,41 @@ def test_registered_sets_can_target_the_blurriest_view(tmp_path: Path) -> None:
                                    range(len(store))):
             chosen.append(int(np.flatnonzero([np.array_equal(deg[0], v) for v in store.blurred[i]])[0]))
         assert (chosen == blurriest) == expect_all, (fraction, chosen, blurriest)
+
+
+def test_sequence_sets_are_the_online_cores_keyframe_sets(tmp_path: Path) -> None:
+    """`sirdiff-train cache --sequences` stores one registered set per keyframe of a training-seed sequence,
+    that keyframe as the target with its sharp render, as the pipeline would restore it."""
+    import dataclasses
+
+    from sirdiff_ros.core.pipeline import PipelineConfig, RestorationPipeline
+    from sirdiff_ros.core.registration import REGISTRATION
+    from sirdiff_ros.data.synth import generate_sequence
+    from sirdiff_ros.training.data import sequence_view_sets
+
+    args = ["cache", "--sequences", "1", "--first-seed", "12", "--frames", "30", "--views", "3", "--size", "96x72",
+            "--flow-fraction", "0", "--shard-size", "4"]
+    assert train_main([*args, "--out", str(tmp_path / "all")]) == 0
+    assert train_main([*args, "--targets-only", "--out", str(tmp_path / "targets")]) == 0
+    store, targets = ShardStore(tmp_path / "all"), ShardStore(tmp_path / "targets")
+    assert store.registration == REGISTRATION and store.sharp.shape[1:] == (3, 72, 96, 3)
+
+    frames = list(generate_sequence(12, 30, 96, 72))
+    pipeline = RestorationPipeline(dataclasses.replace(PipelineConfig(), num_views=3))
+    decisions = [pipeline.ingest(f) for f in frames]
+    keyframes = [i for i, d in enumerate(decisions) if d.is_keyframe]
+    assert 0 < len(targets) < len(store) <= len(keyframes)
+    # Every set's view 0 is a keyframe's own blurred image and its sharp render, in stream order.
+    chosen = [next(i for i in keyframes if np.array_equal(frames[i].image, b)) for b in store.blurred[:, 0]]
+    assert chosen == sorted(chosen)
+    for i, sharp in zip(chosen, store.sharp[:, 0]):
+        assert np.array_equal(frames[i].extras["sharp"], sharp)
+    gated = [next(i for i in keyframes if np.array_equal(frames[i].image, b)) for b in targets.blurred[:, 0]]
+    assert set(gated) <= set(chosen) and all(decisions[i].is_target for i in gated)
+    # Partners are registered into the target's grid: closer to it than the raw neighbouring keyframe.
+    for s in range(len(store)):
+        raw = frames[keyframes[keyframes.index(chosen[s]) - 1]].extras["sharp"].astype(float)
+        d_reg = min(np.abs(store.sharp[s, k].astype(float) - store.sharp[s, 0]).mean() for k in (1, 2))
+        assert d_reg < np.abs(raw - store.sharp[s, 0]).mean()
+    with pytest.raises(DataError, match="held-out"):
+        next(sequence_view_sets([1_000_000], 5, 3, 96, 72))

@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dataset", help="instead of the generator: a dataset folder/bag read by sirdiff_ros.data.readers "
                    "(sets of consecutive frames; sharp real frames are blurred by the physical degrader)")
     c.add_argument("--stride", type=int, default=2, help="--dataset: a new set every STRIDE frames")
+    c.add_argument("--sequences", type=int, default=None, metavar="N",
+                   help="instead of --sets: N synthetic sequences (training seeds from --first-seed), one registered "
+                        "set per keyframe as the online core builds it (keyframe buffer, view selection)")
+    c.add_argument("--frames", type=int, default=60, help="--sequences: frames per sequence")
+    c.add_argument("--targets-only", action="store_true",
+                   help="--sequences: only the keyframes the blur gate makes restoration targets")
     c.add_argument("--sets", type=int, default=2000, help="number of view sets")
     c.add_argument("--views", type=int, default=4, help="views per set")
     c.add_argument("--size", type=_size, default=(96, 96), help="view size WxH")
@@ -61,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store each set in the grid of a random target view (sirdiff_ros.core.registration; "
                         "trains checkpoints that the sirdiff backend feeds registered partners)")
     c.add_argument("--flow-fraction", type=float, default=0.5,
-                   help="--register: share of sets registered by optical flow instead of depth and poses")
+                   help="--register / --sequences: share of sets registered by optical flow instead of depth and poses")
     c.add_argument("--blurriest-fraction", type=float, default=0.0,
                    help="--register: share of sets whose target is the least sharp view (the rest: a random view)")
 
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "cache":
         from ..data.textures import training_seeds
-        from .data import dataset_view_sets, registered_view_sets, synthetic_frames, synthetic_view_sets, write_shards
+        from .data import (dataset_view_sets, registered_view_sets, sequence_view_sets, synthetic_frames,
+                           synthetic_view_sets, write_shards)
 
         if args.dataset:
             meta = {"dataset": args.dataset, "views": args.views, "stride": args.stride}
@@ -132,6 +139,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {len(paths)} shards to {args.out}")
             return 0
         w, h = args.size
+        if args.sequences is not None:
+            meta = {"generator": "sirdiff_ros.data.synth.generate_sequence", "sequences": args.sequences,
+                    "frames": args.frames, "views": args.views, "width": w, "height": h,
+                    "first_seed": args.first_seed, "registration": REGISTRATION, "flow_fraction": args.flow_fraction,
+                    "targets_only": args.targets_only, "target_seed": args.first_seed}
+            sets = sequence_view_sets(training_seeds(args.sequences, args.first_seed), args.frames, args.views, w, h,
+                                      seed=args.first_seed, flow_fraction=args.flow_fraction,
+                                      targets_only=args.targets_only)
+            paths = write_shards(sets, args.out, args.shard_size, meta=meta)
+            print(f"wrote {len(paths)} shards to {args.out}")
+            return 0
         seeds = training_seeds(args.sets, args.first_seed)
         opts = {"baseline_m": tuple(args.baseline), "max_angular_speed": args.max_angular_speed,
                 "max_speed": args.max_speed}

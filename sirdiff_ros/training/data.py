@@ -6,6 +6,11 @@ degraded input per view. Sets come from the synthetic generator
 cached to ``.npz`` shards under a git-ignored folder (``cache/``) once, since
 rendering costs more than a training step on 2 CPU cores.
 
+Sets from synthetic *sequences* (:func:`sequence_view_sets`) are the ones
+the online core itself builds: video keyframes and the partners
+:func:`~sirdiff_ros.core.selection.select_views` picks for them, blurred by
+the trajectory's own motion (often every view of a set alike, none sharp).
+
 Batches draw a random number of views per batch and a random view order
 (the model must work for any N and must not rely on view position), a random
 crop (the same window in every view, so overlap is kept) and a random
@@ -20,16 +25,20 @@ import json
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from sirdiff_ros.core.pipeline import PipelineConfig
+
 __all__ = [
     "DataError",
     "synthetic_view_sets",
     "dataset_view_sets",
+    "sequence_view_sets",
     "register_view_set",
     "registered_view_sets",
     "synthetic_frames",
@@ -145,6 +154,52 @@ def dataset_view_sets(path: str | Path, n_views: int, stride: int = 1, seed: int
         window.append((i, pair))
         if len(window) == n_views and window[0][0] % stride == 0:
             yield np.stack([p[1][0] for p in window]), np.stack([p[1][1] for p in window])
+
+
+def sequence_view_sets(seeds: Iterable[int], n_frames: int, n_views: int, width: int, height: int,
+                       seed: int = 0, flow_fraction: float = 0.0, targets_only: bool = False,
+                       pipeline_config: PipelineConfig | None = None, **synth_options) -> Iterator[ViewSet]:
+    """View sets as the online core builds them, from synthetic training-seed sequences.
+
+    Each seed's sequence (:func:`sirdiff_ros.data.synth.generate_sequence`,
+    ``n_frames`` frames, ``synth_options`` as there) runs through a
+    :class:`~sirdiff_ros.core.pipeline.RestorationPipeline` (keyframe buffer,
+    blur gate, view selection; ``pipeline_config`` with ``num_views`` =
+    ``n_views``). Every admitted keyframe for which the selection finds
+    ``n_views - 1`` partners gives one set, that keyframe as the target (only
+    the gate's targets with ``targets_only``), registered into its grid as the
+    ``sirdiff`` backend does at run time (:func:`register_view_set`; by optical
+    flow instead of depth and poses for ``flow_fraction`` of the sets).
+    Held-out seeds are refused.
+    """
+    import dataclasses
+
+    from sirdiff_ros.core.pipeline import PipelineConfig, RestorationPipeline
+    from sirdiff_ros.data import synth
+
+    if not 0.0 <= flow_fraction <= 1.0:
+        raise DataError(f"flow_fraction must lie in [0, 1], got {flow_fraction}")
+    base = pipeline_config or PipelineConfig()
+    config = dataclasses.replace(base, num_views=n_views)
+    rng = np.random.default_rng([seed, 0x5E9])
+    for s in seeds:
+        if synth.is_heldout_seed(int(s)):
+            raise DataError(f"seed {s} belongs to the held-out evaluation split; never train on it")
+        pipeline = RestorationPipeline(config)
+        sharp: dict[int, np.ndarray] = {}  # the buffer drops extras; ground truth by stamp
+        for frame in synth.generate_sequence(int(s), n_frames, width, height, **synth_options):
+            decision = pipeline.ingest(frame)
+            if not decision.is_keyframe:
+                continue
+            sharp[frame.stamp_ns] = frame.extras["sharp"]
+            if targets_only and not decision.is_target:
+                continue
+            views = list(pipeline.select(decision).views)
+            if len(views) < n_views:
+                continue
+            if rng.random() < flow_fraction:
+                views = [dataclasses.replace(v, depth=None) for v in views]
+            yield register_view_set(np.stack([sharp[v.stamp_ns] for v in views]), views, 0)
 
 
 def write_shards(sets: Iterable[ViewSet], out_dir: str | Path, sets_per_shard: int = 64,
