@@ -384,3 +384,4 @@ def test_sequence_sets_are_the_online_cores_keyframe_sets(tmp_path: Path) -> Non
         assert d_reg < np.abs(raw - store.sharp[s, 0]).mean()
     with pytest.raises(DataError, match="held-out"):
         next(sequence_view_sets([1_000_000], 5, 3, 96, 72))
+    assert train_main([*args, "--dataset", str(tmp_path), "--out", str(tmp_path / "both")]) == 2

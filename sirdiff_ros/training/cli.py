@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         from .data import (dataset_view_sets, registered_view_sets, sequence_view_sets, synthetic_frames,
                            synthetic_view_sets, write_shards)
 
+        if args.dataset and args.sequences is not None:
+            print("sirdiff-train: --dataset and --sequences are two different sources; give one", file=sys.stderr)
+            return 2
         if args.dataset:
             meta = {"dataset": args.dataset, "views": args.views, "stride": args.stride}
             sets = dataset_view_sets(args.dataset, args.views, stride=args.stride, seed=args.first_seed)
