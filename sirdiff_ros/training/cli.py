@@ -135,14 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset and args.sequences is not None:
             print("sirdiff-train: --dataset and --sequences are two different sources; give one", file=sys.stderr)
             return 2
+        w, h = args.size
         if args.dataset:
             meta = {"dataset": args.dataset, "views": args.views, "stride": args.stride}
             sets = dataset_view_sets(args.dataset, args.views, stride=args.stride, seed=args.first_seed)
-            paths = write_shards(sets, args.out, args.shard_size, meta=meta)
-            print(f"wrote {len(paths)} shards to {args.out}")
-            return 0
-        w, h = args.size
-        if args.sequences is not None:
+        elif args.sequences is not None:
             meta = {"generator": "sirdiff_ros.data.synth.generate_sequence", "sequences": args.sequences,
                     "frames": args.frames, "views": args.views, "width": w, "height": h,
                     "first_seed": args.first_seed, "registration": REGISTRATION, "flow_fraction": args.flow_fraction,
@@ -150,21 +147,20 @@ def main(argv: list[str] | None = None) -> int:
             sets = sequence_view_sets(training_seeds(args.sequences, args.first_seed), args.frames, args.views, w, h,
                                       seed=args.first_seed, flow_fraction=args.flow_fraction,
                                       targets_only=args.targets_only)
-            paths = write_shards(sets, args.out, args.shard_size, meta=meta)
-            print(f"wrote {len(paths)} shards to {args.out}")
-            return 0
-        seeds = training_seeds(args.sets, args.first_seed)
-        opts = {"baseline_m": tuple(args.baseline), "max_angular_speed": args.max_angular_speed,
-                "max_speed": args.max_speed}
-        meta = {"generator": "sirdiff_ros.data.synth.sample_view_set", "sets": args.sets, "views": args.views,
-                "width": w, "height": h, "first_seed": args.first_seed, **opts}
-        if args.register:
-            meta.update(registration=REGISTRATION, flow_fraction=args.flow_fraction,
-                        blurriest_fraction=args.blurriest_fraction, target_seed=args.first_seed)
-            sets = registered_view_sets(synthetic_frames(seeds, args.views, w, h, **opts), seed=args.first_seed,
-                                        flow_fraction=args.flow_fraction, blurriest_fraction=args.blurriest_fraction)
         else:
-            sets = synthetic_view_sets(seeds, args.views, w, h, **opts)
+            seeds = training_seeds(args.sets, args.first_seed)
+            opts = {"baseline_m": tuple(args.baseline), "max_angular_speed": args.max_angular_speed,
+                    "max_speed": args.max_speed}
+            meta = {"generator": "sirdiff_ros.data.synth.sample_view_set", "sets": args.sets, "views": args.views,
+                    "width": w, "height": h, "first_seed": args.first_seed, **opts}
+            if args.register:
+                meta.update(registration=REGISTRATION, flow_fraction=args.flow_fraction,
+                            blurriest_fraction=args.blurriest_fraction, target_seed=args.first_seed)
+                sets = registered_view_sets(synthetic_frames(seeds, args.views, w, h, **opts), seed=args.first_seed,
+                                            flow_fraction=args.flow_fraction,
+                                            blurriest_fraction=args.blurriest_fraction)
+            else:
+                sets = synthetic_view_sets(seeds, args.views, w, h, **opts)
         paths = write_shards(sets, args.out, args.shard_size, meta=meta)
         print(f"wrote {len(paths)} shards to {args.out}")
         return 0

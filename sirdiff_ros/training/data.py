@@ -77,14 +77,20 @@ def synthetic_view_sets(seeds: Iterable[int], n_views: int, width: int, height: 
         yield sharp, np.stack([f.image for f in frames])
 
 
-def register_view_set(sharp: np.ndarray, frames: Sequence, target: int) -> ViewSet:
+def register_view_set(sharp: np.ndarray, frames: Sequence, target: int, by_flow: bool = False) -> ViewSet:
     """A view set resampled into the pixel grid of view ``target``
     (:mod:`sirdiff_ros.core.registration`): view 0 is the target, then the other
     views in order, each partner's sharp and degraded image resampled with one
     registration (computed on the degraded frames, as at run time), so every
-    view stays a (sharp, degraded) pair of the same pixels."""
+    view stays a (sharp, degraded) pair of the same pixels. ``by_flow``
+    registers by optical flow even when the frames carry depth (as for a
+    camera without depth)."""
+    import dataclasses
+
     from sirdiff_ros.core.registration import register_others, resample_others
 
+    if by_flow:
+        frames = [dataclasses.replace(f, depth=None) for f in frames]
     regs = register_others(frames, target)
     return (np.stack(resample_others(regs, list(sharp), target)),
             np.stack(resample_others(regs, [f.image for f in frames], target)))
@@ -97,8 +103,6 @@ def registered_view_sets(sets: Iterable[tuple[np.ndarray, Sequence]], seed: int 
     core restores blurred keyframes) for ``blurriest_fraction`` of the sets, a
     random view otherwise. ``flow_fraction`` of the sets are registered without
     depth (optical flow, as for a camera without depth) even when frames carry it."""
-    import dataclasses
-
     from sirdiff_ros.core.blur import sharpness
 
     rng = np.random.default_rng([seed, 0x2E6])
@@ -107,9 +111,7 @@ def registered_view_sets(sets: Iterable[tuple[np.ndarray, Sequence]], seed: int 
             target = int(np.argmin([sharpness(f.image) for f in frames]))
         else:
             target = int(rng.integers(len(frames)))
-        if rng.random() < flow_fraction:
-            frames = [dataclasses.replace(f, depth=None) for f in frames]
-        yield register_view_set(sharp, frames, target)
+        yield register_view_set(sharp, frames, target, by_flow=rng.random() < flow_fraction)
 
 
 def shard_frames(store: "ShardStore") -> Iterator[tuple[np.ndarray, list]]:
@@ -197,9 +199,8 @@ def sequence_view_sets(seeds: Iterable[int], n_frames: int, n_views: int, width:
             views = list(pipeline.select(decision).views)
             if len(views) < n_views:
                 continue
-            if rng.random() < flow_fraction:
-                views = [dataclasses.replace(v, depth=None) for v in views]
-            yield register_view_set(np.stack([sharp[v.stamp_ns] for v in views]), views, 0)
+            yield register_view_set(np.stack([sharp[v.stamp_ns] for v in views]), views, 0,
+                                    by_flow=rng.random() < flow_fraction)
 
 
 def write_shards(sets: Iterable[ViewSet], out_dir: str | Path, sets_per_shard: int = 64,
