@@ -385,3 +385,61 @@ def test_sequence_sets_are_the_online_cores_keyframe_sets(tmp_path: Path) -> Non
     with pytest.raises(DataError, match="held-out"):
         next(sequence_view_sets([1_000_000], 5, 3, 96, 72))
     assert train_main([*args, "--dataset", str(tmp_path), "--out", str(tmp_path / "both")]) == 2
+
+
+def test_refine_head_lowers_the_frozen_pipelines_error_resumes_exactly_and_exports(cache: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from sirdiff_ros.core.frame import Frame
+    from sirdiff_ros.core.geometry import CameraIntrinsics
+    from sirdiff_ros.core.restorers.base import RestoreRequest, create_restorer
+    from sirdiff_ros.model.pipeline import SirDiffPipeline
+    from sirdiff_ros.training.refine import RefineConfig, RefinerTrainer
+
+    base = tmp_path / "base"
+    assert train_main(["train", "--run", str(tmp_path / "unet"), "--cache", str(cache), "--preset", "tiny",
+                       "--steps", "2", "--batch-size", "1", "--views", "1-3", "--save-every", "1"]) == 0
+    assert train_main(["export", "--run", str(tmp_path / "unet"), "--out", str(base), "--default-steps", "1"]) == 0
+
+    # Stopped and resumed = uninterrupted (sampler, RNG for the pipeline's noise, optimizer, schedule).
+    args = ["refine", "--base", str(base), "--cache", str(cache), "--crop", "32x32", "--batch-size", "2",
+            "--views", "1-3", "--channels", "8", "--blocks", "1", "--save-every", "3", "--steps", "6"]
+    assert train_main([*args, "--run", str(tmp_path / "whole")]) == 0
+    assert train_main([*args, "--run", str(tmp_path / "split"), "--stop-after", "3"]) == 0
+    assert train_main(["refine", "--run", str(tmp_path / "split"), "--steps", "6"]) == 0
+    a = load_file(str(tmp_path / "whole" / "checkpoints" / "step_0000006" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "checkpoints" / "step_0000006" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # Trained longer, the head lowers the frozen pipeline's error on the cached sets.
+    cfg = RefineConfig(base=str(base), cache=str(cache), max_steps=200, batch_size=4, crop=(32, 32), n_views=(1, 3), lr=1e-2,
+                       channels=8, blocks=1, save_every=1000, warmup_steps=5)
+    trainer = RefinerTrainer(tmp_path / "long", cfg, progress=False)
+    sharp = torch.from_numpy(trainer.store.sharp).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+    blur = torch.from_numpy(trainer.store.blurred).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+
+    def errors() -> tuple[float, float]:
+        torch.manual_seed(7)
+        with torch.no_grad():
+            head, frozen = trainer.losses(sharp, blur)
+        return float(head), frozen
+
+    head0, frozen0 = errors()
+    assert head0 == pytest.approx(frozen0, rel=1e-6)  # an untrained head is the identity
+    trainer.fit()
+    head1, frozen1 = errors()
+    assert frozen1 == pytest.approx(frozen0, rel=1e-6)  # the UNet stayed frozen
+    assert head1 < 0.85 * frozen1, (head1, frozen1)  # measured 0.77
+
+    out = tmp_path / "export"
+    assert train_main(["export", "--run", str(tmp_path / "long"), "--out", str(out)]) == 0
+    loaded = SirDiffPipeline.from_checkpoint(out)
+    assert loaded.refiner is not None and loaded.default_steps == 1
+    img = next(photo_view_sets(1, views=2, size=32))[1]
+    k = CameraIntrinsics(fx=30.0, fy=30.0, cx=16.0, cy=16.0, width=32, height=32)
+    frames = [Frame(image=im, stamp_ns=i, intrinsics=k) for i, im in enumerate(img)]
+    with_head = create_restorer("sirdiff", checkpoint=str(out)).restore(RestoreRequest(views=frames, targets=[0]))
+    without = create_restorer("sirdiff", checkpoint=str(base)).restore(RestoreRequest(views=frames, targets=[0]))
+    assert not np.array_equal(with_head.views[0].image, without.views[0].image)
+    with pytest.raises(ValueError, match="already has a refiner"):
+        RefinerTrainer(tmp_path / "again", RefineConfig(base=str(out), cache=str(cache)), progress=False)

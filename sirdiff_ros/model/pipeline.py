@@ -3,7 +3,9 @@
 Steps (diffusers ``DiffusionPipeline`` style, numbered in ``__call__``):
 check inputs -> encode the degraded views -> prepare noise latents -> denoise
 with a diffusers scheduler (DDIM by default, DPM-Solver++ optional), the UNet
-seeing every view of a set at once -> decode.
+seeing every view of a set at once -> decode -> refine (optional: a
+full-resolution head, :class:`~sirdiff_ros.model.refiner.PixelRefiner`, that
+checkpoints trained with ``sirdiff-train refine`` carry in ``refiner/``).
 
 Two choices that the training code shares (:class:`Parametrization`):
 
@@ -43,6 +45,7 @@ from .encoders import LatentEncoder, SpaceToDepthEncoder, encoder_from_spec
 
 __all__ = [
     "PIPELINE_CONFIG_NAME",
+    "REFINER_FOLDER",
     "CheckpointError",
     "Parametrization",
     "SirDiffPipeline",
@@ -56,6 +59,8 @@ __all__ = [
 
 # Written next to the UNet's config.json / safetensors in a checkpoint folder.
 PIPELINE_CONFIG_NAME = "sirdiff_pipeline.json"
+# Subfolder of a checkpoint holding the optional PixelRefiner (save_pretrained layout).
+REFINER_FOLDER = "refiner"
 
 
 class CheckpointError(RuntimeError):
@@ -201,13 +206,15 @@ class SirDiffPipeline(DiffusionPipeline):
     ``unet``: :class:`sirdiff_ros.model.unet.SirDiffUNet` (forward(sample
     (B,N,C,h,w), timestep, condition (B,N,C,h,w)) -> ``.sample``);
     ``scheduler``: DDIM or DPM-Solver++ (:func:`make_scheduler`);
-    ``encoder``: a :class:`LatentEncoder`.
+    ``encoder``: a :class:`LatentEncoder`; ``refiner``: an optional
+    :class:`~sirdiff_ros.model.refiner.PixelRefiner` applied to each decoded view.
     """
 
     def __init__(self, unet: torch.nn.Module, scheduler: Any, encoder: LatentEncoder,
-                 parametrization: Parametrization | None = None, view_registration: str = "none") -> None:
+                 parametrization: Parametrization | None = None, view_registration: str = "none",
+                 refiner: torch.nn.Module | None = None) -> None:
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder)
+        self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder, refiner=refiner)
         self.parametrization = parametrization or Parametrization()
         # "none": views as captured; otherwise the name of the registration the
         # weights were trained with (sirdiff_ros.core.registration): callers must
@@ -270,8 +277,17 @@ class SirDiffPipeline(DiffusionPipeline):
             encoder = SpaceToDepthEncoder(factor)
         scheduler = _scheduler_from_config(pcfg["scheduler"]) if "scheduler" in pcfg else make_scheduler()
         par = Parametrization(**pcfg.get("parametrization", {}))
+        refiner = None
+        if pcfg.get("refiner"):
+            from .refiner import PixelRefiner
+
+            sub = folder / str(pcfg["refiner"])
+            try:
+                refiner = PixelRefiner.from_pretrained(str(sub), torch_dtype=dtype)
+            except Exception as exc:  # a missing or corrupt refiner must not pass silently
+                raise CheckpointError(f"cannot load the refiner named in {cfg_path} from {sub}: {exc}") from exc
         pipe = cls(unet=unet, scheduler=scheduler, encoder=encoder, parametrization=par,
-                   view_registration=str(pcfg.get("view_registration", "none")))
+                   view_registration=str(pcfg.get("view_registration", "none")), refiner=refiner)
         pipe.default_steps = int(pcfg.get("default_steps", 4))
         pipe.encoder.to(device, dtype)  # the UNet already has its dtype (from_pretrained's torch_dtype)
         return pipe.to(device)
@@ -288,6 +304,9 @@ class SirDiffPipeline(DiffusionPipeline):
             "default_steps": default_steps,
             "view_registration": self.view_registration,
         }
+        if self.refiner is not None:
+            self.refiner.save_pretrained(str(folder / REFINER_FOLDER), safe_serialization=True)
+            cfg["refiner"] = REFINER_FOLDER
         if extra:
             cfg["training"] = extra
         (folder / PIPELINE_CONFIG_NAME).write_text(json.dumps(cfg, indent=2, default=str))
@@ -410,7 +429,16 @@ class SirDiffPipeline(DiffusionPipeline):
             out_latents.append(self.parametrization.to_latent(latents, c))
         z = torch.cat(out_latents)
 
-        # 5. Decode: (B, N, C, h, w) -> (B*N, C, h, w) -> (B, N, 3, H, W).
-        images = self.encoder.decode(z.reshape(b * n, -1, h, w)).float().clamp(-1, 1).reshape(b, n, 3, hh, ww)
+        # 5. Decode: (B, N, C, h, w) -> (B*N, C, h, w) -> (B*N, 3, H, W).
+        images = self.encoder.decode(z.reshape(b * n, -1, h, w)).float().clamp(-1, 1)
+
+        # 6. Refine at full resolution, one view at a time (bounded memory at any image size).
+        if self.refiner is not None:
+            rdt = self.refiner.dtype
+            images = torch.cat([
+                self.refiner(images[i : i + 1].to(rdt), flat[i : i + 1].to(rdt)).float().clamp(-1, 1)
+                for i in range(b * n)
+            ])
+        images = images.reshape(b, n, 3, hh, ww)
         result = tensor_to_images(images) if output_type == "np" else images
         return SirDiffPipelineOutput(images=result, tiles=len(windows), chunks=math.ceil(b / sets))

@@ -5,7 +5,9 @@ Examples::
     sirdiff-train cache --out cache/synth96 --sets 3000 --views 4 --size 96x96
     sirdiff-train train --run runs/cpu --cache cache/synth96 --preset small --steps 20000
     sirdiff-train train --run runs/cpu --steps 30000      # resume, go further
-    sirdiff-train export --run runs/cpu --out sirdiff_ros/weights/sirdiff-cpu
+    sirdiff-train export --run runs/cpu --out exported/cpu
+    sirdiff-train refine --run runs/cpu-head --base exported/cpu --cache cache/synth96 --steps 3000
+    sirdiff-train export --run runs/cpu-head --out sirdiff_ros/weights/sirdiff-cpu   # base + head
     accelerate launch -m sirdiff_ros.training.cli train --run runs/gpu --cache ...   # multi-GPU
 """
 
@@ -116,12 +118,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stop-after", type=int, default=None, help="train at most this many steps in this call")
     t.add_argument("--export", help="after training, export the EMA weights to this folder")
 
-    e = sub.add_parser("export", help="export a run's EMA weights as a checkpoint folder")
+    f = sub.add_parser("refine", help="train or resume the full-resolution refinement head of an exported "
+                                      "checkpoint (its UNet frozen; sirdiff_ros.model.refiner)")
+    f.add_argument("--run", required=True, help="refine run folder (resumed if it holds checkpoints)")
+    f.add_argument("--base", help="exported checkpoint folder without a head (required for a new run)")
+    f.add_argument("--cache", nargs="+", help="shard folder(s) (required for a new run)")
+    f.add_argument("--steps", type=int, default=3000, help="total steps to reach")
+    f.add_argument("--batch-size", type=int, default=4)
+    f.add_argument("--crop", type=_size, default=(64, 64), help="random crop WxH (same window in all views)")
+    f.add_argument("--views", type=_range, default=(1, 4), help="random views per batch, e.g. 1-4")
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine")
+    f.add_argument("--channels", type=int, default=32, help="feature channels of the head")
+    f.add_argument("--blocks", type=int, default=3, help="residual blocks of the head")
+    f.add_argument("--soften-fraction", type=float, default=0.0, help="as for train")
+    f.add_argument("--soften-sigma", type=float, nargs=2, default=(0.5, 3.0), metavar=("LO", "HI"))
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--save-every", type=int, default=250)
+    f.add_argument("--threads", type=int, default=1, help="torch threads")
+    f.add_argument("--stop-after", type=int, default=None, help="train at most this many steps in this call")
+
+    e = sub.add_parser("export", help="export a run's weights as a checkpoint folder (a refine run: its base "
+                                      "checkpoint with the head attached)")
     e.add_argument("--run", required=True)
     e.add_argument("--out", required=True)
-    e.add_argument("--fp16", action="store_true", help="store weights in float16")
-    e.add_argument("--raw", action="store_true", help="export the raw weights, not the EMA")
-    e.add_argument("--default-steps", type=int, default=4)
+    e.add_argument("--fp16", action="store_true", help="store weights in float16 (train runs)")
+    e.add_argument("--raw", action="store_true", help="export the raw weights, not the EMA (train runs)")
+    e.add_argument("--default-steps", type=int, default=None,
+                   help="sampling steps the backend uses by default (train runs: 4; refine runs: the base's)")
     return p
 
 
@@ -216,8 +240,37 @@ def main(argv: list[str] | None = None) -> int:
             print(f"exported to {out}")
         return 0
 
+    if args.cmd == "refine":
+        from .refine import RefineConfig, RefinerTrainer
+
+        run = Path(args.run)
+        cfg = None
+        if not (run / "run.json").is_file():
+            if not args.cache or not args.base:
+                print(f"sirdiff-train: {run} is a new refine run; --base and --cache are required", file=sys.stderr)
+                return 2
+            cache = args.cache[0] if len(args.cache) == 1 else args.cache
+            cfg = RefineConfig(base=args.base, cache=cache, max_steps=args.steps, batch_size=args.batch_size,
+                               crop=(args.crop[1], args.crop[0]), n_views=args.views, lr=args.lr,
+                               lr_schedule=args.lr_schedule, channels=args.channels, blocks=args.blocks,
+                               soften_fraction=args.soften_fraction, soften_sigma=tuple(args.soften_sigma),
+                               seed=args.seed, save_every=args.save_every, num_threads=args.threads)
+        else:
+            cfg = RefineConfig.from_json(run / "run.json")
+            cfg.max_steps = args.steps
+        trainer = RefinerTrainer(run, cfg)
+        step = trainer.fit(stop_after=args.stop_after)
+        print(f"reached step {step} of {trainer.config.max_steps}")
+        return 0
+
     if args.cmd == "export":
-        out = export_run(args.run, args.out, use_ema=not args.raw, fp16=args.fp16, default_steps=args.default_steps)
+        from .refine import export_refined_run, is_refine_run
+
+        if is_refine_run(args.run):
+            out = export_refined_run(args.run, args.out, default_steps=args.default_steps)
+        else:
+            out = export_run(args.run, args.out, use_ema=not args.raw, fp16=args.fp16,
+                             default_steps=4 if args.default_steps is None else args.default_steps)
         print(f"exported to {out}")
         return 0
     return 2

@@ -39,7 +39,8 @@ from ..model.encoders import SpaceToDepthEncoder
 from ..model.pipeline import Parametrization, SirDiffPipeline, make_scheduler
 from .data import BatchSampler, ShardStore
 
-__all__ = ["TrainConfig", "Trainer", "lr_factor", "measure_residual_scale", "run_checkpoints", "load_run_weights", "export_run"]
+__all__ = ["TrainConfig", "Trainer", "lr_factor", "measure_residual_scale", "run_checkpoints", "load_run_weights",
+           "export_run", "resume_state", "save_state"]
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -208,33 +209,11 @@ class Trainer:
         return run_checkpoints(self.run_dir)
 
     def _resume(self) -> None:
-        cps = self.checkpoints()
-        if not cps:
-            return
-        latest = cps[-1]
-        self.accelerator.load_state(str(latest))
-        self.step = int(json.loads((latest / "step.json").read_text())["step"])
-        # Steps logged after the checkpoint by the interrupted process are trained again: drop them.
-        log = self.run_dir / "loss.jsonl"
-        if log.is_file() and self.accelerator.is_main_process:
-            keep = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
-            log.write_text("".join(ln + "\n" for ln in keep))
+        self.step = resume_state(self.accelerator, self.run_dir)
 
     def save(self) -> Path:
         """Checkpoint the full training state atomically (tmp folder, then rename)."""
-        self.accelerator.wait_for_everyone()
-        final = self.checkpoint_dir / f"step_{self.step:07d}"
-        if self.accelerator.is_main_process:
-            tmp = self.checkpoint_dir / f"step_{self.step:07d}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.accelerator.save_state(str(tmp))
-            (tmp / "step.json").write_text(json.dumps({"step": self.step}))
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.replace(final)
-            for old in self.checkpoints()[:-2]:
-                shutil.rmtree(old, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        return final
+        return save_state(self.accelerator, self.run_dir, self.step)
 
     # ------------------------------------------------------------------- loss
     def loss_on(self, sharp: torch.Tensor, degraded: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -349,6 +328,42 @@ def _param_groups(unet: torch.nn.Module, lr: float, view_lr_scale: float) -> lis
     if not view:
         raise ValueError("view_lr_scale given but the model has no cross-view parameters")
     return [{"params": rest}, {"params": view, "lr": lr * view_lr_scale}]
+
+
+def save_state(accelerator: Any, run_dir: Path, step: int) -> Path:
+    """Write ``accelerator``'s full state to ``run_dir/checkpoints/step_XXXXXXX`` atomically
+    (a ``.tmp`` folder renamed when complete); the two newest checkpoints are kept."""
+    accelerator.wait_for_everyone()
+    final = Path(run_dir) / "checkpoints" / f"step_{step:07d}"
+    if accelerator.is_main_process:
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.save_state(str(tmp))
+        (tmp / "step.json").write_text(json.dumps({"step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.replace(final)
+        for old in run_checkpoints(run_dir)[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume_state(accelerator: Any, run_dir: Path) -> int:
+    """Load the newest checkpoint of ``run_dir`` into ``accelerator``; returns its step (0: none).
+
+    Lines of ``loss.jsonl`` logged after that checkpoint (by the interrupted
+    process) are dropped: those steps are trained again."""
+    cps = run_checkpoints(run_dir)
+    if not cps:
+        return 0
+    latest = cps[-1]
+    accelerator.load_state(str(latest))
+    step = int(json.loads((latest / "step.json").read_text())["step"])
+    log = Path(run_dir) / "loss.jsonl"
+    if log.is_file() and accelerator.is_main_process:
+        keep = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        log.write_text("".join(ln + "\n" for ln in keep))
+    return step
 
 
 def run_checkpoints(run_dir: str | Path) -> list[Path]:
