@@ -63,3 +63,17 @@ def test_a_corrupt_or_missing_head_is_refused(tmp_path) -> None:
     (folder / REFINER_FOLDER / "config.json").unlink()
     with pytest.raises(CheckpointError, match="cannot load the refiner"):
         SirDiffPipeline.from_checkpoint(folder)
+
+
+def test_output_views_decode_and_refine_only_the_views_asked_for() -> None:
+    pipe = _pipe(_trained_looking_head())
+    x = torch.rand(2, 3, 3, 32, 32) * 2 - 1
+
+    def run(**kw) -> torch.Tensor:
+        return pipe(x, num_inference_steps=1, generator=torch.Generator().manual_seed(0), **kw).images
+
+    full = run()
+    assert full.shape == (2, 3, 3, 32, 32)
+    torch.testing.assert_close(run(output_views=[2, 0]), full[:, [2, 0]], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="output_views"):
+        run(output_views=[3])

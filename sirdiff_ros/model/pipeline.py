@@ -388,16 +388,22 @@ class SirDiffPipeline(DiffusionPipeline):
         tile_overlap: int | None = None,
         output_type: str = "pt",
         show_progress: bool = False,
+        output_views: Sequence[int] | None = None,
     ) -> SirDiffPipelineOutput:
         """Restore ``views`` (B, N, 3, H, W) in [-1, 1].
 
         ``tile_size``/``tile_overlap`` (latent pixels) force tiling;
         ``memory_budget_mb`` chooses tiles and set chunks automatically.
+        ``output_views``: positions within each set to decode and return
+        (B, K, ...) (default: all N); every view still informs the others.
         """
         steps = int(num_inference_steps or self.default_steps)
         # 1. Check inputs.
         self.check_inputs(views, steps)
         b, n, _, hh, ww = views.shape
+        keep = list(range(n)) if output_views is None else [int(i) for i in output_views]
+        if not keep or any(not 0 <= i < n for i in keep):
+            raise ValueError(f"output_views {output_views} must be positions within the {n} views of a set")
         device, dtype = self.unet.device, self.unet.dtype
         f = self.encoder.downsample_factor
         h, w = hh // f, ww // f
@@ -427,18 +433,20 @@ class SirDiffPipeline(DiffusionPipeline):
                 pred = self._predict(model_in, t, c, windows, overlap)
                 latents = self.scheduler.step(pred, t, latents).prev_sample
             out_latents.append(self.parametrization.to_latent(latents, c))
-        z = torch.cat(out_latents)
+        z = torch.cat(out_latents)[:, keep]  # (B, K, C, h, w): the views asked for
+        k = len(keep)
 
-        # 5. Decode: (B, N, C, h, w) -> (B*N, C, h, w) -> (B*N, 3, H, W).
-        images = self.encoder.decode(z.reshape(b * n, -1, h, w)).float().clamp(-1, 1)
+        # 5. Decode: (B, K, C, h, w) -> (B*K, C, h, w) -> (B*K, 3, H, W).
+        images = self.encoder.decode(z.reshape(b * k, -1, h, w)).float().clamp(-1, 1)
 
         # 6. Refine at full resolution, one view at a time (bounded memory at any image size).
         if self.refiner is not None:
             rdt = self.refiner.dtype
+            degraded = views[:, keep].reshape(b * k, 3, hh, ww).to(device)
             images = torch.cat([
-                self.refiner(images[i : i + 1].to(rdt), flat[i : i + 1].to(rdt)).float().clamp(-1, 1)
-                for i in range(b * n)
+                self.refiner(images[i : i + 1].to(rdt), degraded[i : i + 1].to(rdt)).float().clamp(-1, 1)
+                for i in range(b * k)
             ])
-        images = images.reshape(b, n, 3, hh, ww)
+        images = images.reshape(b, k, 3, hh, ww)
         result = tensor_to_images(images) if output_type == "np" else images
         return SirDiffPipelineOutput(images=result, tiles=len(windows), chunks=math.ceil(b / sets))

@@ -122,8 +122,9 @@ class SirDiffRestorer:
             img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
         return img
 
-    def _run(self, sets: list[list[np.ndarray]]) -> tuple[np.ndarray, int]:
-        """Restore B sets of N same-size RGB uint8 views -> ((B, N, H, W, 3) uint8, tiles per step)."""
+    def _run(self, sets: list[list[np.ndarray]], output_views: list[int] | None = None) -> tuple[np.ndarray, int]:
+        """Restore B sets of N same-size RGB uint8 views -> ((B, K, H, W, 3) uint8, tiles per step),
+        K the ``output_views`` positions (default: all N)."""
         import torch
 
         from ...model.pipeline import images_to_tensor
@@ -140,7 +141,7 @@ class SirDiffRestorer:
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         with self._lock:
             out = self.pipe(x, num_inference_steps=self.steps, generator=gen, memory_budget_mb=self.memory_budget_mb,
-                            tile_size=self.tile_size, output_type="np")
+                            tile_size=self.tile_size, output_type="np", output_views=output_views)
         return out.images[:, :, :h, :w], out.tiles
 
     def _calls(self, request: RestoreRequest, views: list[np.ndarray]) -> list[tuple[list[np.ndarray], dict[int, int]]]:
@@ -186,12 +187,14 @@ class SirDiffRestorer:
         out_by_index: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
         try:
             for n_views, group in groups.items():
-                restored, tiles = self._run([g[0] for g in group])  # (B, N, H, W, 3)
+                # Only the positions some call returns are decoded (and refined).
+                wanted = sorted({pos for _, where in group for pos in where.values()})
+                restored, tiles = self._run([g[0] for g in group], wanted)  # (B, K, H, W, 3)
                 info = {"steps": self.steps, "views": n_views, "tiles": tiles,
                         "registration": self.pipe.view_registration}
                 for (_, where), res in zip(group, restored):
                     for index, pos in where.items():
-                        out_by_index[index] = (res[pos], info)
+                        out_by_index[index] = (res[wanted.index(pos)], info)
         except RuntimeError as exc:  # OOM and kernel failures surface as RuntimeError
             raise RestorerError(f"{self.name} failed on {self.device}: {exc}") from exc
         result = []
