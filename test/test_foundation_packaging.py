@@ -132,6 +132,19 @@ def test_installed_data_files_agree(setup_kwargs: dict[str, Any], cmake: str) ->
     assert "config/restore.yaml" in data[f"share/{PACKAGE}/config"]
 
 
+def test_package_data_ships_every_file_of_the_shipped_weights(setup_kwargs: dict[str, Any]) -> None:
+    """A wheel or sdist install must carry the whole checkpoint (the refinement head sits in a subfolder)."""
+    from fnmatch import fnmatch
+
+    patterns = setup_kwargs["package_data"][PACKAGE]
+    weights = REPO_ROOT / PACKAGE / "weights"
+    files = [p.relative_to(REPO_ROOT / PACKAGE).as_posix() for p in weights.rglob("*") if p.is_file()]
+    assert any(f.endswith(".safetensors") for f in files)
+    # fnmatch's "*" also crosses "/": require the same number of path parts as the pattern.
+    missed = [f for f in files if not any(fnmatch(f, pat) and f.count("/") == pat.count("/") for pat in patterns)]
+    assert not missed, f"files under weights/ that setup.py would not install: {missed}"
+
+
 def test_console_scripts_are_installed_and_resolve(setup_kwargs: dict[str, Any]) -> None:
     try:
         dist = metadata.distribution(PACKAGE)
