@@ -138,7 +138,10 @@ class RefinerTrainer:
         b, n, _, hh, ww = sharp.shape
         with torch.no_grad():
             restored = self.base(degraded.to(dev), num_inference_steps=int(self.config.measured["base_steps"])).images
-        flat = lambda t: t.reshape(b * n, 3, hh, ww).to(dev)  # noqa: E731  (B, N, 3, H, W) -> (B*N, 3, H, W)
+
+        def flat(t: torch.Tensor) -> torch.Tensor:  # (B, N, 3, H, W) -> (B*N, 3, H, W)
+            return t.reshape(b * n, 3, hh, ww).to(dev)
+
         refined = self.refiner(flat(restored), flat(degraded))
         target = flat(sharp)
         return F.mse_loss(refined, target), float(F.mse_loss(flat(restored), target))
