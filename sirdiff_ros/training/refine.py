@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from ..model.pipeline import SirDiffPipeline
 from ..model.refiner import PixelRefiner
 from .data import BatchSampler, ShardStore
-from .trainer import LR_SCHEDULES, lr_factor, resume_state, run_checkpoints, save_state
+from .trainer import (LR_SCHEDULES, lr_factor, read_run_config, resolve_run_config, resume_state, run_checkpoints,
+                      save_state)
 
 __all__ = ["RefineConfig", "RefinerTrainer", "export_refined_run", "is_refine_run"]
 
@@ -68,11 +69,7 @@ class RefineConfig:
 
     @classmethod
     def from_json(cls, path: Path) -> "RefineConfig":
-        d = json.loads(path.read_text())
-        for k in ("crop", "n_views", "soften_sigma"):
-            if d.get(k) is not None:
-                d[k] = tuple(d[k])
-        return cls(**d)
+        return read_run_config(cls, path)
 
 
 def is_refine_run(run_dir: str | Path) -> bool:
@@ -98,14 +95,7 @@ class RefinerTrainer:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.run_dir / "run.json"
-        if cfg_path.is_file():
-            saved = RefineConfig.from_json(cfg_path)
-            if config is not None:
-                saved.max_steps = config.max_steps  # a resume may only change how far to go
-            config = saved
-        elif config is None:
-            raise ValueError(f"{self.run_dir} has no run.json; pass a RefineConfig to start a run")
-        self.config = cfg = config
+        self.config = cfg = resolve_run_config(RefineConfig, self.run_dir, config)
         torch.set_num_threads(cfg.num_threads)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.progress = progress and self.accelerator.is_main_process

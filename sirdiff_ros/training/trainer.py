@@ -40,7 +40,7 @@ from ..model.pipeline import Parametrization, SirDiffPipeline, make_scheduler
 from .data import BatchSampler, ShardStore
 
 __all__ = ["TrainConfig", "Trainer", "lr_factor", "measure_residual_scale", "run_checkpoints", "load_run_weights",
-           "export_run", "resume_state", "save_state"]
+           "export_run", "read_run_config", "resolve_run_config", "resume_state", "save_state"]
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -100,11 +100,30 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: Path) -> "TrainConfig":
-        d = json.loads(path.read_text())
-        for k in ("crop", "n_views", "soften_sigma"):
-            if d.get(k) is not None:
-                d[k] = tuple(d[k])
-        return cls(**d)
+        return read_run_config(cls, path)
+
+
+def read_run_config(cls: type, path: Path) -> Any:
+    """A run's config dataclass ``cls`` from its ``run.json`` (JSON lists back to the tuples it holds)."""
+    d = json.loads(path.read_text())
+    for k in ("crop", "n_views", "soften_sigma"):
+        if d.get(k) is not None:
+            d[k] = tuple(d[k])
+    return cls(**d)
+
+
+def resolve_run_config(cls: type, run_dir: Path, config: Any | None) -> Any:
+    """The config a run folder trains with: its ``run.json`` when there is one (a resume may
+    change only ``max_steps``, taken from ``config``), else ``config`` (a new run)."""
+    cfg_path = run_dir / "run.json"
+    if cfg_path.is_file():
+        saved = cls.from_json(cfg_path)
+        if config is not None:
+            saved.max_steps = config.max_steps
+        return saved
+    if config is None:
+        raise ValueError(f"{run_dir} has no run.json; pass a {cls.__name__} to start a run")
+    return config
 
 
 def measure_residual_scale(store: ShardStore, encoder: SpaceToDepthEncoder, max_sets: int = 256) -> float:
@@ -144,14 +163,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.run_dir / "run.json"
-        if cfg_path.is_file():
-            saved = TrainConfig.from_json(cfg_path)
-            if config is not None and config.max_steps != saved.max_steps:
-                saved.max_steps = config.max_steps  # the one thing a resume may change: how far to go
-            config = saved
-        elif config is None:
-            raise ValueError(f"{self.run_dir} has no run.json; pass a TrainConfig to start a run")
-        self.config = cfg = config
+        self.config = cfg = resolve_run_config(TrainConfig, self.run_dir, config)
         torch.set_num_threads(cfg.num_threads)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
         self.progress = progress and self.accelerator.is_main_process
