@@ -1,4 +1,5 @@
-"""The full-resolution refinement head: identity at start, part of a checkpoint, refused when corrupt."""
+"""The full-resolution refinement head: identity at start, part of a checkpoint, refused when corrupt;
+with its view set's context it denoises from several views."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from sirdiff_ros.model.encoders import SpaceToDepthEncoder
 from sirdiff_ros.model.pipeline import REFINER_FOLDER, CheckpointError, Parametrization, SirDiffPipeline, make_scheduler
 from sirdiff_ros.model.presets import build_model
-from sirdiff_ros.model.refiner import PixelRefiner
+from sirdiff_ros.model.refiner import PixelRefiner, view_set_context
 
 
 def _pipe(refiner: PixelRefiner | None) -> SirDiffPipeline:
@@ -77,3 +78,87 @@ def test_output_views_decode_and_refine_only_the_views_asked_for() -> None:
     torch.testing.assert_close(run(output_views=[2, 0]), full[:, [2, 0]], atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="output_views"):
         run(output_views=[3])
+
+
+def test_view_set_context_is_the_sets_mean_and_spread_in_any_order() -> None:
+    torch.manual_seed(2)
+    sets = torch.rand(2, 3, 3, 8, 10) * 2 - 1
+    ctx = view_set_context(sets)
+    assert ctx.shape == (2, 4, 8, 10)
+    torch.testing.assert_close(ctx[:, :3], sets.mean(dim=1))
+    manual = sum((sets[:, i] - sets.mean(dim=1)).abs().mean(dim=1) for i in range(3)) / 3
+    torch.testing.assert_close(ctx[:, 3], manual)
+    torch.testing.assert_close(view_set_context(sets[:, [2, 0, 1]]), ctx)  # no view order
+    single = view_set_context(sets[:, :1])  # one view: its own image, no spread
+    torch.testing.assert_close(single[:, :3], sets[:, 0], atol=0, rtol=0)
+    assert float(single[:, 3].abs().max()) == 0.0
+    with pytest.raises(ValueError, match="view sets"):
+        view_set_context(sets[0])
+
+
+def test_a_context_head_starts_as_the_identity_and_insists_on_its_context(tmp_path) -> None:
+    head = PixelRefiner(channels=8, num_blocks=1, set_context=True)
+    x, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    ctx = view_set_context(torch.stack([y, x], dim=1))
+    torch.testing.assert_close(head(x, y, ctx), x, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="view set's context"):
+        head(x, y)
+    with pytest.raises(ValueError, match="view set's context"):
+        head(x, y, ctx[:, :3])
+    with pytest.raises(ValueError, match="takes no context"):
+        PixelRefiner(channels=8, num_blocks=1)(x, y, ctx)
+    head.save_pretrained(str(tmp_path / "head"))
+    assert PixelRefiner.from_pretrained(str(tmp_path / "head")).config.set_context is True
+
+
+def test_the_pipeline_gives_each_output_view_its_own_sets_context() -> None:
+    torch.manual_seed(3)
+    head = PixelRefiner(channels=8, num_blocks=1, set_context=True)
+    torch.nn.init.normal_(head.conv_out.weight, std=0.05)
+    pipe = _pipe(head)
+    x = torch.rand(2, 3, 3, 32, 32) * 2 - 1
+    decoded = torch.rand(2 * 2, 3, 32, 32) * 2 - 1  # stands for the decoded views 2 and 0 of both sets
+    with torch.no_grad():
+        got = pipe.refine(decoded, x, keep=[2, 0])
+        want = torch.cat([head(decoded[i : i + 1], x[i // 2, [2, 0][i % 2]][None],
+                               view_set_context(x[i // 2 : i // 2 + 1])) for i in range(4)]).clamp(-1, 1)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    # Another partner in set 0 changes set 0's refined views only.
+    y = x.clone()
+    y[0, 1] = -y[0, 1]
+    with torch.no_grad():
+        moved = pipe.refine(decoded, y, keep=[2, 0])
+    assert (moved[:2] - got[:2]).abs().max() > 1e-3
+    torch.testing.assert_close(moved[2:], got[2:], atol=0, rtol=0)
+
+
+def test_with_its_set_the_head_learns_to_denoise_beyond_one_view() -> None:
+    # Four views of one scene with independent noise: trained alike, the context head ends
+    # far below the single-view head (the set's mean holds a quarter of the noise variance;
+    # one view's head can only smooth).
+    gen = torch.Generator().manual_seed(4)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        clean = torch.nn.functional.avg_pool2d(torch.rand(8, 3, 40, 40, generator=gen) * 2 - 1, 3, 1, 1)
+        noisy = clean[:, None] + 0.15 * torch.randn(8, 4, 3, 40, 40, generator=gen)  # (B, N=4, 3, H, W)
+        return clean, noisy
+
+    def train(set_context: bool) -> float:
+        torch.manual_seed(5)
+        head = PixelRefiner(channels=16, num_blocks=1, set_context=set_context)
+        opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+
+        def loss(clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+            ctx = view_set_context(noisy) if set_context else None
+            return torch.nn.functional.mse_loss(head(noisy[:, 0], noisy[:, 0], ctx), clean)
+
+        for _ in range(150):
+            opt.zero_grad()
+            loss(*batch()).backward()
+            opt.step()
+        with torch.no_grad():
+            return float(loss(*batch()))
+
+    single, multi = train(False), train(True)
+    assert single < 0.15**2  # both learn something ...
+    assert multi < 0.6 * single, (multi, single)  # ... the set's head far more

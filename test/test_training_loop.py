@@ -443,3 +443,12 @@ def test_refine_head_lowers_the_frozen_pipelines_error_resumes_exactly_and_expor
     assert not np.array_equal(with_head.views[0].image, without.views[0].image)
     with pytest.raises(ValueError, match="already has a refiner"):
         RefinerTrainer(tmp_path / "again", RefineConfig(base=str(out), cache=str(cache)), progress=False)
+
+    # --set-context: the head also sees its set; it trains, exports and runs in the backend.
+    assert train_main([*args, "--run", str(tmp_path / "ctx"), "--set-context", "--steps", "2"]) == 0
+    assert RefineConfig.from_json(tmp_path / "ctx" / "run.json").set_context is True
+    assert train_main(["export", "--run", str(tmp_path / "ctx"), "--out", str(tmp_path / "ctx_out")]) == 0
+    ctx_pipe = SirDiffPipeline.from_checkpoint(tmp_path / "ctx_out")
+    assert ctx_pipe.refiner is not None and ctx_pipe.refiner.config.set_context is True
+    ctx = create_restorer("sirdiff", checkpoint=str(tmp_path / "ctx_out")).restore(RestoreRequest(views=frames, targets=[0]))
+    assert ctx.views[0].image.shape == frames[0].image.shape

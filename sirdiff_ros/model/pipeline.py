@@ -42,6 +42,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .encoders import LatentEncoder, SpaceToDepthEncoder, encoder_from_spec
+from .refiner import PixelRefiner, view_set_context
 
 __all__ = [
     "PIPELINE_CONFIG_NAME",
@@ -279,8 +280,6 @@ class SirDiffPipeline(DiffusionPipeline):
         par = Parametrization(**pcfg.get("parametrization", {}))
         refiner = None
         if pcfg.get("refiner"):
-            from .refiner import PixelRefiner
-
             sub = folder / str(pcfg["refiner"])
             try:
                 refiner = PixelRefiner.from_pretrained(str(sub), torch_dtype=dtype)
@@ -377,6 +376,21 @@ class SirDiffPipeline(DiffusionPipeline):
             wsum[y0:y1, x0:x1] += wt
         return (acc / wsum).to(latents.dtype)
 
+    def refine(self, images: torch.Tensor, views: torch.Tensor, keep: Sequence[int]) -> torch.Tensor:
+        """Apply the refiner to decoded views (B*K, 3, H, W) of ``views`` (B, N, 3, H, W)
+        at positions ``keep``, one view at a time (bounded memory at any image size)."""
+        b, n, _, hh, ww = views.shape
+        k, device, rdt = len(keep), images.device, self.refiner.dtype
+        degraded = views[:, keep].reshape(b * k, 3, hh, ww)
+        out = []
+        for s in range(b):
+            # The set's summary (mean and spread of its degraded views), shared by its K outputs.
+            context = view_set_context(views[s : s + 1].to(device, rdt)) if self.refiner.config.set_context else None
+            for i in range(s * k, (s + 1) * k):
+                out.append(self.refiner(images[i : i + 1].to(rdt), degraded[i : i + 1].to(device, rdt),
+                                        context).float().clamp(-1, 1))
+        return torch.cat(out)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -441,12 +455,7 @@ class SirDiffPipeline(DiffusionPipeline):
 
         # 6. Refine at full resolution, one view at a time (bounded memory at any image size).
         if self.refiner is not None:
-            rdt = self.refiner.dtype
-            degraded = views[:, keep].reshape(b * k, 3, hh, ww).to(device)
-            images = torch.cat([
-                self.refiner(images[i : i + 1].to(rdt), degraded[i : i + 1].to(rdt)).float().clamp(-1, 1)
-                for i in range(b * k)
-            ])
+            images = self.refine(images, views, keep)
         images = images.reshape(b, k, 3, hh, ww)
         result = tensor_to_images(images) if output_type == "np" else images
         return SirDiffPipelineOutput(images=result, tiles=len(windows), chunks=math.ceil(b / sets))

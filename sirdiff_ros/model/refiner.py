@@ -15,6 +15,17 @@ untrained head is the identity.
 
 It is trained after the UNet, with the UNet frozen, on the pipeline's own
 output at the checkpoint's default number of steps (``sirdiff-train refine``).
+
+With ``set_context=True`` the head also sees its view set at full resolution:
+the per-pixel mean of the set's degraded views and their spread around that
+mean (:func:`view_set_context`). Registered sets hold every view in the
+target's pixel grid, with the target's own pixels wherever a partner could not
+be verified, so the mean is the target averaged with the partners where they
+agree: independent sensor noise falls by up to the square root of the number
+of views, which a single-view head cannot do; the spread marks where the
+views disagree (blur or residual misalignment). Summaries over the views keep
+the head independent of their number and order; a single view gives its own
+image and zero spread.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-__all__ = ["PixelRefiner"]
+__all__ = ["PixelRefiner", "view_set_context"]
 
 
 class _ResBlock(nn.Module):
@@ -38,29 +49,51 @@ class _ResBlock(nn.Module):
         return x + self.conv2(self.act(self.conv1(self.act(x))))
 
 
+def view_set_context(degraded_sets: torch.Tensor) -> torch.Tensor:
+    """(B, N, 3, H, W) degraded view sets -> (B, 4, H, W): the views' mean (3)
+    and their mean absolute deviation from it, averaged over colour (1)."""
+    if degraded_sets.ndim != 5 or degraded_sets.shape[2] != 3:
+        raise ValueError(f"need (B, N, 3, H, W) view sets, got {tuple(degraded_sets.shape)}")
+    mean = degraded_sets.mean(dim=1)  # (B, N, 3, H, W) -> (B, 3, H, W)
+    spread = (degraded_sets - mean[:, None]).abs().mean(dim=(1, 2))  # -> (B, H, W)
+    return torch.cat([mean, spread[:, None]], dim=1)
+
+
 class PixelRefiner(ModelMixin, ConfigMixin):
-    """``forward(restored, degraded)``: (M, 3, H, W) each, in [-1, 1] -> refined (M, 3, H, W).
+    """``forward(restored, degraded[, context])``: (M, 3, H, W) each, in [-1, 1] -> refined (M, 3, H, W).
 
     ``channels`` feature channels, ``num_blocks`` residual blocks of two 3x3
-    convolutions (receptive field ``4 * num_blocks + 5`` px).
+    convolutions (receptive field ``4 * num_blocks + 5`` px); ``set_context``:
+    also take each view's set summary ``context`` (M, 4, H, W) from
+    :func:`view_set_context`.
     """
 
     @register_to_config
-    def __init__(self, channels: int = 32, num_blocks: int = 3) -> None:
+    def __init__(self, channels: int = 32, num_blocks: int = 3, set_context: bool = False) -> None:
         super().__init__()
         if channels < 1 or num_blocks < 0:
             raise ValueError(f"need channels >= 1 and num_blocks >= 0, got {channels} / {num_blocks}")
-        self.conv_in = nn.Conv2d(6, channels, 3, padding=1, padding_mode="reflect")
+        self.conv_in = nn.Conv2d(10 if set_context else 6, channels, 3, padding=1, padding_mode="reflect")
         self.res_blocks = nn.ModuleList(_ResBlock(channels) for _ in range(num_blocks))
         self.conv_out = nn.Conv2d(channels, 3, 3, padding=1, padding_mode="reflect")
         nn.init.zeros_(self.conv_out.weight)  # starts as the identity
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, restored: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
+    def forward(self, restored: torch.Tensor, degraded: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         if restored.shape != degraded.shape or restored.ndim != 4 or restored.shape[1] != 3:
             raise ValueError(f"need two (M, 3, H, W) tensors of one shape, got {tuple(restored.shape)} "
                              f"and {tuple(degraded.shape)}")
-        h = self.conv_in(torch.cat([restored, degraded], dim=1))  # (M, 6, H, W) -> (M, C, H, W)
+        inputs = [restored, degraded]
+        if self.config.set_context:
+            m, _, hh, ww = restored.shape
+            if context is None or tuple(context.shape) != (m, 4, hh, ww):
+                got = None if context is None else tuple(context.shape)
+                raise ValueError(f"this head takes its view set's context ({m}, 4, {hh}, {ww}), got {got}")
+            inputs.append(context.to(restored.dtype))
+        elif context is not None:
+            raise ValueError("this head was built without set_context; it takes no context")
+        h = self.conv_in(torch.cat(inputs, dim=1))  # (M, 6 or 10, H, W) -> (M, C, H, W)
         for block in self.res_blocks:
             h = block(h)
         return restored + self.conv_out(torch.nn.functional.silu(h))  # (M, C, H, W) -> (M, 3, H, W)

@@ -3,7 +3,8 @@
 The UNet of an exported checkpoint is frozen; each batch of cached view sets
 is restored by that checkpoint's own pipeline at its default number of steps
 (exactly what the backend runs), and the head learns to map (restored,
-degraded) to the sharp views with a plain MSE on [-1, 1] images.
+degraded[, the set's context]) to the sharp views with a plain MSE on [-1, 1]
+images.
 
 A refine run folder holds ``run.json`` (:class:`RefineConfig`, with
 ``kind: "refiner"``), ``checkpoints/`` (head, optimizer, LR schedule, sampler
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.pipeline import SirDiffPipeline
-from ..model.refiner import PixelRefiner
+from ..model.refiner import PixelRefiner, view_set_context
 from .data import BatchSampler, ShardStore
 from .trainer import (LR_SCHEDULES, lr_factor, read_run_config, resolve_run_config, resume_state, run_checkpoints,
                       save_state)
@@ -51,6 +52,7 @@ class RefineConfig:
     lr_schedule: str = "cosine"
     channels: int = 32
     blocks: int = 3
+    set_context: bool = False  # the head also sees its view set (PixelRefiner's set_context)
     seed: int = 0
     save_every: int = 250
     log_every: int = 10
@@ -112,7 +114,7 @@ class RefinerTrainer:
             cfg_path.write_text(json.dumps(asdict(cfg), indent=2))
 
         torch.manual_seed(cfg.seed)
-        self.refiner = PixelRefiner(channels=cfg.channels, num_blocks=cfg.blocks)
+        self.refiner = PixelRefiner(channels=cfg.channels, num_blocks=cfg.blocks, set_context=cfg.set_context)
         self.sampler = BatchSampler(self.store, cfg.batch_size, cfg.crop, cfg.n_views, task=self.base.parametrization.task,
                                     seed=cfg.seed + 1000 * self.accelerator.process_index,
                                     soften_fraction=cfg.soften_fraction, soften_sigma=cfg.soften_sigma)
@@ -132,7 +134,10 @@ class RefinerTrainer:
         def flat(t: torch.Tensor) -> torch.Tensor:  # (B, N, 3, H, W) -> (B*N, 3, H, W)
             return t.reshape(b * n, 3, hh, ww).to(dev)
 
-        refined = self.refiner(flat(restored), flat(degraded))
+        context = None
+        if self.config.set_context:  # each view gets its set's summary: (B, 4, H, W) -> (B*N, 4, H, W)
+            context = view_set_context(degraded.to(dev)).repeat_interleave(n, dim=0)
+        refined = self.refiner(flat(restored), flat(degraded), context)
         target = flat(sharp)
         return F.mse_loss(refined, target), float(F.mse_loss(flat(restored), target))
 
@@ -189,7 +194,7 @@ def export_refined_run(run_dir: str | Path, out: str | Path, default_steps: int 
     if not cps:
         raise FileNotFoundError(f"no checkpoints in {run_dir / 'checkpoints'}")
     pipe = _load_base(cfg.base)
-    refiner = PixelRefiner(channels=cfg.channels, num_blocks=cfg.blocks)
+    refiner = PixelRefiner(channels=cfg.channels, num_blocks=cfg.blocks, set_context=cfg.set_context)
     refiner.load_state_dict(load_file(str(cps[-1] / "model.safetensors")))
     pipe.refiner = refiner.eval()
     step = int(json.loads((cps[-1] / "step.json").read_text())["step"])
