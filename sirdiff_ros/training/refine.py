@@ -73,6 +73,10 @@ class RefineConfig:
     def from_json(cls, path: Path) -> "RefineConfig":
         return read_run_config(cls, path)
 
+    def build_head(self) -> PixelRefiner:
+        """A fresh (identity) head of this run's architecture."""
+        return PixelRefiner(channels=self.channels, num_blocks=self.blocks, set_context=self.set_context)
+
 
 def is_refine_run(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` holds a refine run (else a UNet run of :mod:`.trainer`)."""
@@ -114,7 +118,7 @@ class RefinerTrainer:
             cfg_path.write_text(json.dumps(asdict(cfg), indent=2))
 
         torch.manual_seed(cfg.seed)
-        self.refiner = PixelRefiner(channels=cfg.channels, num_blocks=cfg.blocks, set_context=cfg.set_context)
+        self.refiner = cfg.build_head()
         self.sampler = BatchSampler(self.store, cfg.batch_size, cfg.crop, cfg.n_views, task=self.base.parametrization.task,
                                     seed=cfg.seed + 1000 * self.accelerator.process_index,
                                     soften_fraction=cfg.soften_fraction, soften_sigma=cfg.soften_sigma)
@@ -128,15 +132,16 @@ class RefinerTrainer:
         """(head loss with grad, frozen pipeline's loss) for a batch (B, N, 3, H, W) in [-1, 1]."""
         dev = self.accelerator.device
         b, n, _, hh, ww = sharp.shape
+        degraded = degraded.to(dev)
         with torch.no_grad():
-            restored = self.base(degraded.to(dev), num_inference_steps=int(self.config.measured["base_steps"])).images
+            restored = self.base(degraded, num_inference_steps=int(self.config.measured["base_steps"])).images
 
         def flat(t: torch.Tensor) -> torch.Tensor:  # (B, N, 3, H, W) -> (B*N, 3, H, W)
             return t.reshape(b * n, 3, hh, ww).to(dev)
 
         context = None
         if self.config.set_context:  # each view gets its set's summary: (B, 4, H, W) -> (B*N, 4, H, W)
-            context = view_set_context(degraded.to(dev)).repeat_interleave(n, dim=0)
+            context = view_set_context(degraded).repeat_interleave(n, dim=0)
         refined = self.refiner(flat(restored), flat(degraded), context)
         target = flat(sharp)
         return F.mse_loss(refined, target), float(F.mse_loss(flat(restored), target))
@@ -194,7 +199,7 @@ def export_refined_run(run_dir: str | Path, out: str | Path, default_steps: int 
     if not cps:
         raise FileNotFoundError(f"no checkpoints in {run_dir / 'checkpoints'}")
     pipe = _load_base(cfg.base)
-    refiner = PixelRefiner(channels=cfg.channels, num_blocks=cfg.blocks, set_context=cfg.set_context)
+    refiner = cfg.build_head()
     refiner.load_state_dict(load_file(str(cps[-1] / "model.safetensors")))
     pipe.refiner = refiner.eval()
     step = int(json.loads((cps[-1] / "step.json").read_text())["step"])
