@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import rclpy
 from rclpy.context import Context
+from rclpy.duration import Duration
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -34,6 +35,8 @@ __all__ = ["message_class", "play_bag", "record_bag", "PlayResult", "play_main",
 
 # Time given to DDS after the publisher sees its subscribers (see play_bag).
 MATCH_SETTLE_S = 0.5
+# Longest wait, after the last message, for reliable subscribers to acknowledge it.
+ACK_TIMEOUT_S = 10.0
 
 
 def message_class(msgtype: str) -> type:
@@ -134,6 +137,11 @@ def play_bag(
                     break
             result.duration_s = time.monotonic() - t_start
             result.interrupted = stop.is_set()
+            if reliability == "reliable" and not result.interrupted:
+                # Destroying a publisher discards what a reliable subscriber has not yet
+                # acknowledged: the bag's last image was lost once in a fresh-clone test run.
+                for pub in pubs.values():
+                    pub.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT_S))
     finally:
         node.destroy_node()
         if own_context:
