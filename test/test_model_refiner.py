@@ -132,6 +132,52 @@ def test_the_pipeline_gives_each_output_view_its_own_sets_context() -> None:
     torch.testing.assert_close(moved[2:], got[2:], atol=0, rtol=0)
 
 
+def test_a_restored_context_also_summarises_the_restored_views() -> None:
+    torch.manual_seed(4)
+    degraded, restored = torch.rand(2, 3, 3, 8, 10) * 2 - 1, torch.rand(2, 3, 3, 8, 10) * 2 - 1
+    ctx = view_set_context(degraded, restored)
+    assert ctx.shape == (2, 8, 8, 10)
+    torch.testing.assert_close(ctx[:, :4], view_set_context(degraded), atol=0, rtol=0)
+    torch.testing.assert_close(ctx[:, 4:], view_set_context(restored), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="do not match"):
+        view_set_context(degraded, restored[:, :2])
+    with pytest.raises(ValueError, match="restored view sets"):
+        view_set_context(degraded, restored[0])
+    with pytest.raises(ValueError, match="needs set_context"):
+        PixelRefiner(channels=8, num_blocks=1, restored_context=True)
+    head = PixelRefiner(channels=8, num_blocks=1, set_context=True, restored_context=True)
+    x, y = restored[:, 0], degraded[:, 0]
+    torch.testing.assert_close(head(x, y, ctx), x, atol=0, rtol=0)  # identity at start
+    with pytest.raises(ValueError, match=r"context \(2, 8, 8, 10\)"):
+        head(x, y, ctx[:, :4])  # the degraded summary alone is not enough
+
+
+def test_the_pipeline_decodes_every_view_for_a_restored_context_head(tmp_path) -> None:
+    torch.manual_seed(5)
+    head = PixelRefiner(channels=8, num_blocks=1, set_context=True, restored_context=True)
+    torch.nn.init.normal_(head.conv_out.weight, std=0.05)
+    pipe = _pipe(head)
+    x = torch.rand(2, 3, 3, 32, 32) * 2 - 1
+
+    def run(p: SirDiffPipeline, **kw) -> torch.Tensor:
+        return p(x, num_inference_steps=1, generator=torch.Generator().manual_seed(0), **kw).images
+
+    full = run(pipe)
+    # The target alone is refined with the whole restored set's summary, as in the full output.
+    torch.testing.assert_close(run(pipe, output_views=[0]), full[:, [0]], atol=1e-6, rtol=0)
+    # The restored summary is used: the same weights without it give another output.
+    plain = PixelRefiner(channels=8, num_blocks=1, set_context=True)
+    with torch.no_grad():
+        plain.conv_in.weight.copy_(head.conv_in.weight[:, :10])
+    plain.load_state_dict({k: v for k, v in head.state_dict().items() if k != "conv_in.weight"}, strict=False)
+    assert (run(_pipe(plain)) - full).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="summarises the restored views"):
+        pipe.refine(full[:, 0], x, keep=[0])
+    loaded = SirDiffPipeline.from_checkpoint(pipe.save_checkpoint(tmp_path / "ckpt", default_steps=1))
+    assert loaded.refiner.config.restored_context is True
+    torch.testing.assert_close(run(loaded), full, atol=1e-6, rtol=0)
+
+
 def test_with_its_set_the_head_learns_to_denoise_beyond_one_view() -> None:
     # Four views of one scene with independent noise: trained alike, the context head ends
     # far below the single-view head (the set's mean holds a quarter of the noise variance;

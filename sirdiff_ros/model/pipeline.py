@@ -376,16 +376,27 @@ class SirDiffPipeline(DiffusionPipeline):
             wsum[y0:y1, x0:x1] += wt
         return (acc / wsum).to(latents.dtype)
 
-    def refine(self, images: torch.Tensor, views: torch.Tensor, keep: Sequence[int]) -> torch.Tensor:
+    def refine(self, images: torch.Tensor, views: torch.Tensor, keep: Sequence[int],
+               restored_sets: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the refiner to decoded views (B*K, 3, H, W) of ``views`` (B, N, 3, H, W)
-        at positions ``keep``, one view at a time (bounded memory at any image size)."""
+        at positions ``keep``, one view at a time (bounded memory at any image size).
+
+        ``restored_sets`` (B, N, 3, H, W): every view decoded, for a head with
+        ``restored_context``."""
         b, n, _, hh, ww = views.shape
         k, device, rdt = len(keep), images.device, self.refiner.dtype
         degraded = views[:, keep].reshape(b * k, 3, hh, ww)
+        wants_restored = bool(self.refiner.config.get("restored_context", False))
+        if wants_restored and (restored_sets is None or restored_sets.shape != views.shape):
+            got = None if restored_sets is None else tuple(restored_sets.shape)
+            raise ValueError(f"this head also summarises the restored views; need them as {tuple(views.shape)}, got {got}")
         out = []
         for s in range(b):
-            # The set's summary (mean and spread of its degraded views), shared by its K outputs.
-            context = view_set_context(views[s : s + 1].to(device, rdt)) if self.refiner.config.set_context else None
+            # The set's summary (mean and spread of its degraded, and restored, views), shared by its K outputs.
+            context = None
+            if self.refiner.config.set_context:
+                rs = restored_sets[s : s + 1].to(device, rdt) if wants_restored else None
+                context = view_set_context(views[s : s + 1].to(device, rdt), rs)
             for i in range(s * k, (s + 1) * k):
                 out.append(self.refiner(images[i : i + 1].to(rdt), degraded[i : i + 1].to(device, rdt),
                                         context).float().clamp(-1, 1))
@@ -447,15 +458,22 @@ class SirDiffPipeline(DiffusionPipeline):
                 pred = self._predict(model_in, t, c, windows, overlap)
                 latents = self.scheduler.step(pred, t, latents).prev_sample
             out_latents.append(self.parametrization.to_latent(latents, c))
-        z = torch.cat(out_latents)[:, keep]  # (B, K, C, h, w): the views asked for
+        z = torch.cat(out_latents)  # (B, N, C, h, w)
         k = len(keep)
 
-        # 5. Decode: (B, K, C, h, w) -> (B*K, C, h, w) -> (B*K, 3, H, W).
-        images = self.encoder.decode(z.reshape(b * k, -1, h, w)).float().clamp(-1, 1)
+        # 5. Decode the views asked for: (B, K, C, h, w) -> (B*K, C, h, w) -> (B*K, 3, H, W);
+        # every view when the head summarises the restored set: (B, N, 3, H, W).
+        restored_sets = None
+        if self.refiner is not None and self.refiner.config.get("restored_context", False):
+            restored_sets = self.encoder.decode(z.reshape(b * n, -1, h, w)).float().clamp(-1, 1)
+            restored_sets = restored_sets.reshape(b, n, 3, hh, ww)
+            images = restored_sets[:, keep].reshape(b * k, 3, hh, ww)
+        else:
+            images = self.encoder.decode(z[:, keep].reshape(b * k, -1, h, w)).float().clamp(-1, 1)
 
         # 6. Refine at full resolution, one view at a time (bounded memory at any image size).
         if self.refiner is not None:
-            images = self.refine(images, views, keep)
+            images = self.refine(images, views, keep, restored_sets)
         images = images.reshape(b, k, 3, hh, ww)
         result = tensor_to_images(images) if output_type == "np" else images
         return SirDiffPipelineOutput(images=result, tiles=len(windows), chunks=math.ceil(b / sets))

@@ -26,6 +26,11 @@ of views, which a single-view head cannot do; the spread marks where the
 views disagree (blur or residual misalignment). Summaries over the views keep
 the head independent of their number and order; a single view gives its own
 image and zero spread.
+
+With ``restored_context=True`` as well, the same summary of the set's
+*restored* views (the UNet's output for every view, all in the target's grid)
+follows: the partners' restorations carry detail the target's blur destroyed,
+and their mean averages the UNet's own per-view errors.
 """
 
 from __future__ import annotations
@@ -49,14 +54,30 @@ class _ResBlock(nn.Module):
         return x + self.conv2(self.act(self.conv1(self.act(x))))
 
 
-def view_set_context(degraded_sets: torch.Tensor) -> torch.Tensor:
-    """(B, N, 3, H, W) degraded view sets -> (B, 4, H, W): the views' mean (3)
-    and their mean absolute deviation from it, averaged over colour (1)."""
-    if degraded_sets.ndim != 5 or degraded_sets.shape[2] != 3:
-        raise ValueError(f"need (B, N, 3, H, W) view sets, got {tuple(degraded_sets.shape)}")
-    mean = degraded_sets.mean(dim=1)  # (B, N, 3, H, W) -> (B, 3, H, W)
-    spread = (degraded_sets - mean[:, None]).abs().mean(dim=(1, 2))  # -> (B, H, W)
+def _summary(sets: torch.Tensor) -> torch.Tensor:
+    """(B, N, 3, H, W) -> (B, 4, H, W): the views' mean (3) and their mean
+    absolute deviation from it, averaged over colour (1)."""
+    mean = sets.mean(dim=1)  # (B, N, 3, H, W) -> (B, 3, H, W)
+    spread = (sets - mean[:, None]).abs().mean(dim=(1, 2))  # -> (B, H, W)
     return torch.cat([mean, spread[:, None]], dim=1)
+
+
+def view_set_context(degraded_sets: torch.Tensor, restored_sets: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, N, 3, H, W) degraded view sets -> (B, 4, H, W): the views' mean (3)
+    and their mean absolute deviation from it, averaged over colour (1).
+
+    With ``restored_sets`` (the same sets restored, same shape), their summary
+    follows: (B, 8, H, W).
+    """
+    for name, t in (("degraded", degraded_sets), ("restored", restored_sets)):
+        if t is not None and (t.ndim != 5 or t.shape[2] != 3):
+            raise ValueError(f"need (B, N, 3, H, W) {name} view sets, got {tuple(t.shape)}")
+    if restored_sets is None:
+        return _summary(degraded_sets)
+    if restored_sets.shape != degraded_sets.shape:
+        raise ValueError(f"restored sets {tuple(restored_sets.shape)} do not match the degraded "
+                         f"{tuple(degraded_sets.shape)}")
+    return torch.cat([_summary(degraded_sets), _summary(restored_sets.to(degraded_sets.dtype))], dim=1)
 
 
 class PixelRefiner(ModelMixin, ConfigMixin):
@@ -65,19 +86,30 @@ class PixelRefiner(ModelMixin, ConfigMixin):
     ``channels`` feature channels, ``num_blocks`` residual blocks of two 3x3
     convolutions (receptive field ``4 * num_blocks + 5`` px); ``set_context``:
     also take each view's set summary ``context`` (M, 4, H, W) from
-    :func:`view_set_context`.
+    :func:`view_set_context`; ``restored_context`` (with ``set_context``): that
+    context also summarises the set's restored views, (M, 8, H, W).
     """
 
     @register_to_config
-    def __init__(self, channels: int = 32, num_blocks: int = 3, set_context: bool = False) -> None:
+    def __init__(self, channels: int = 32, num_blocks: int = 3, set_context: bool = False,
+                 restored_context: bool = False) -> None:
         super().__init__()
         if channels < 1 or num_blocks < 0:
             raise ValueError(f"need channels >= 1 and num_blocks >= 0, got {channels} / {num_blocks}")
-        self.conv_in = nn.Conv2d(10 if set_context else 6, channels, 3, padding=1, padding_mode="reflect")
+        if restored_context and not set_context:
+            raise ValueError("restored_context extends the set context; it needs set_context=True")
+        self.conv_in = nn.Conv2d(6 + self.context_channels, channels, 3, padding=1, padding_mode="reflect")
         self.res_blocks = nn.ModuleList(_ResBlock(channels) for _ in range(num_blocks))
         self.conv_out = nn.Conv2d(channels, 3, 3, padding=1, padding_mode="reflect")
         nn.init.zeros_(self.conv_out.weight)  # starts as the identity
         nn.init.zeros_(self.conv_out.bias)
+
+    @property
+    def context_channels(self) -> int:
+        """Channels of the context :meth:`forward` takes (0: none)."""
+        if not self.config.set_context:
+            return 0
+        return 8 if self.config.restored_context else 4
 
     def forward(self, restored: torch.Tensor, degraded: torch.Tensor,
                 context: torch.Tensor | None = None) -> torch.Tensor:
@@ -85,15 +117,16 @@ class PixelRefiner(ModelMixin, ConfigMixin):
             raise ValueError(f"need two (M, 3, H, W) tensors of one shape, got {tuple(restored.shape)} "
                              f"and {tuple(degraded.shape)}")
         inputs = [restored, degraded]
-        if self.config.set_context:
+        c = self.context_channels
+        if c:
             m, _, hh, ww = restored.shape
-            if context is None or tuple(context.shape) != (m, 4, hh, ww):
+            if context is None or tuple(context.shape) != (m, c, hh, ww):
                 got = None if context is None else tuple(context.shape)
-                raise ValueError(f"this head takes its view set's context ({m}, 4, {hh}, {ww}), got {got}")
+                raise ValueError(f"this head takes its view set's context ({m}, {c}, {hh}, {ww}), got {got}")
             inputs.append(context.to(restored.dtype))
         elif context is not None:
             raise ValueError("this head was built without set_context; it takes no context")
-        h = self.conv_in(torch.cat(inputs, dim=1))  # (M, 6 or 10, H, W) -> (M, C, H, W)
+        h = self.conv_in(torch.cat(inputs, dim=1))  # (M, 6 + context, H, W) -> (M, C, H, W)
         for block in self.res_blocks:
             h = block(h)
         return restored + self.conv_out(torch.nn.functional.silu(h))  # (M, C, H, W) -> (M, 3, H, W)

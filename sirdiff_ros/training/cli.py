@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--blocks", type=int, default=3, help="residual blocks of the head")
     f.add_argument("--set-context", action="store_true",
                    help="the head also sees the mean and spread of its view set's degraded views")
+    f.add_argument("--restored-context", action="store_true",
+                   help="with --set-context: the same summary of the set's restored views too")
     f.add_argument("--soften-fraction", type=float, default=0.0, help="as for train")
     f.add_argument("--soften-sigma", type=float, nargs=2, default=(0.5, 3.0), metavar=("LO", "HI"))
     f.add_argument("--seed", type=int, default=0)
@@ -255,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = RefineConfig(base=args.base, cache=cache, max_steps=args.steps, batch_size=args.batch_size,
                                crop=(args.crop[1], args.crop[0]), n_views=args.views, lr=args.lr,
                                lr_schedule=args.lr_schedule, channels=args.channels, blocks=args.blocks,
-                               set_context=args.set_context,
+                               set_context=args.set_context or args.restored_context,
+                               restored_context=args.restored_context,
                                soften_fraction=args.soften_fraction, soften_sigma=tuple(args.soften_sigma),
                                seed=args.seed, save_every=args.save_every, num_threads=args.threads)
         else:

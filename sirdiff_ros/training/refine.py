@@ -53,6 +53,7 @@ class RefineConfig:
     channels: int = 32
     blocks: int = 3
     set_context: bool = False  # the head also sees its view set (PixelRefiner's set_context)
+    restored_context: bool = False  # ... and the set's restored views (PixelRefiner's restored_context)
     seed: int = 0
     save_every: int = 250
     log_every: int = 10
@@ -75,7 +76,8 @@ class RefineConfig:
 
     def build_head(self) -> PixelRefiner:
         """A fresh (identity) head of this run's architecture."""
-        return PixelRefiner(channels=self.channels, num_blocks=self.blocks, set_context=self.set_context)
+        return PixelRefiner(channels=self.channels, num_blocks=self.blocks, set_context=self.set_context,
+                            restored_context=self.restored_context)
 
 
 def is_refine_run(run_dir: str | Path) -> bool:
@@ -140,8 +142,9 @@ class RefinerTrainer:
             return t.reshape(b * n, 3, hh, ww).to(dev)
 
         context = None
-        if self.config.set_context:  # each view gets its set's summary: (B, 4, H, W) -> (B*N, 4, H, W)
-            context = view_set_context(degraded).repeat_interleave(n, dim=0)
+        if self.config.set_context:  # each view gets its set's summary: (B, 4|8, H, W) -> (B*N, 4|8, H, W)
+            rs = restored.to(dev) if self.config.restored_context else None
+            context = view_set_context(degraded, rs).repeat_interleave(n, dim=0)
         refined = self.refiner(flat(restored), flat(degraded), context)
         target = flat(sharp)
         return F.mse_loss(refined, target), float(F.mse_loss(flat(restored), target))
