@@ -87,7 +87,7 @@ def test_tum_rgbd_fixture(tmp_path: Path, frames: list[Frame]) -> None:
 def test_sirdiff_synth_cli_folder_and_bag_agree(tmp_path: Path) -> None:
     out = tmp_path / "seq"
     args = [str(out), "--frames", "3", "--seed", "5", "--width", "64", "--height", "48", "--exposure", "0.02",
-            "--bag", "--bag-format", "db3", "--no-progress"]
+            "--soften", "1.0", "--bag", "--bag-format", "db3", "--no-progress"]
     assert synth_main(args) == 0
     assert synth_main(args) == 2  # refuses a non-empty folder
     meta = json.loads((out / "camera.json").read_text())
@@ -95,7 +95,8 @@ def test_sirdiff_synth_cli_folder_and_bag_agree(tmp_path: Path) -> None:
     assert detect_format(out) == "synth" and detect_format(out / "bag") == "bag"
     folder = list(read_frames(out))
     bag = list(read_frames(out / "bag"))
-    direct = list(generate_sequence(5, 3, 64, 48, exposure_s=0.02))
+    assert meta["config"]["soften_px"] == 1.0
+    direct = list(generate_sequence(5, 3, 64, 48, exposure_s=0.02, soften_px=1.0))
     assert len(folder) == len(bag) == 3
     for a, b, c in zip(folder, bag, direct):
         assert a.stamp_ns == b.stamp_ns == c.stamp_ns

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sirdiff_ros.core.geometry import Pose, _rotation_exp
-from sirdiff_ros.data.color import linear_to_srgb
+from sirdiff_ros.data.color import linear_to_srgb, srgb_to_linear
 from sirdiff_ros.data.render import Renderer
 from sirdiff_ros.data.scene import Scene, build_scene, single_quad_scene, _face
 from sirdiff_ros.data.synth import (
@@ -272,6 +272,20 @@ def test_heldout_split_never_overlaps_training() -> None:
     assert seen_held & set(HELDOUT_PHOTOS)  # held-out scenes really use the reserved photos
     (f,) = sample_view_set(HELDOUT_SEED_START + 3, 1, 32, 24)
     assert f.extras["heldout"] is True
+
+
+def test_a_softened_scene_softens_sharp_and_blurred_frames_alike() -> None:
+    plain = list(generate_sequence(14, 2, 96, 72, **QUIET))
+    soft = list(generate_sequence(14, 2, 96, 72, soften_px=1.5, **QUIET))
+    for p, s in zip(plain, soft):
+        # The same camera and scene, seen softer: the ground truth is the Gaussian of the plain one (in linear light).
+        want = linear_to_srgb(cv2.GaussianBlur(srgb_to_linear(p.extras["sharp"]), (0, 0), 1.5))
+        assert np.abs(s.extras["sharp"].astype(int) - want).max() <= 1
+        assert _grad_energy(s.extras["sharp"]) < 0.6 * _grad_energy(p.extras["sharp"])
+        assert _grad_energy(s.image) < _grad_energy(p.image)
+        assert np.array_equal(s.pose.matrix(), p.pose.matrix()) and s.extras["blur_px"] == p.extras["blur_px"]
+    with pytest.raises(ValueError, match="soften_px"):
+        SynthConfig(soften_px=-1.0)
 
 
 def test_bad_options_are_rejected_with_clear_errors() -> None:

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=d.noise_std, help="read noise std (linear intensity)")
     p.add_argument("--shot-noise", type=float, default=d.shot_noise, help="Poisson gain (linear intensity)")
     p.add_argument("--downsample", type=int, default=d.downsample, help="e.g. 4: low-res input, full-res sharp")
+    p.add_argument("--soften", type=float, default=d.soften_px,
+                   help="Gaussian sigma (px) softening the scene: smooth textures, soft sharp frames")
     p.add_argument("--speed", type=float, default=t.speed, help="mean linear speed, m/s")
     p.add_argument("--angular-speed", type=float, default=t.angular_speed, help="RMS angular rate, rad/s")
     p.add_argument("--burst-rate", type=float, default=t.burst_rate, help="fast pans per second")
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sirdiff-synth: --frames must be >= 1", file=sys.stderr)
         return 2
     options = dict(fps=args.fps, exposure_s=args.exposure, subframes=args.subframes, hfov_deg=args.hfov,
-                   noise_std=args.noise, shot_noise=args.shot_noise, downsample=args.downsample, speed=args.speed,
+                   noise_std=args.noise, shot_noise=args.shot_noise, downsample=args.downsample, soften_px=args.soften, speed=args.speed,
                    angular_speed=args.angular_speed, burst_rate=args.burst_rate, burst_speed=args.burst_speed)
     try:
         cfg = SynthConfig.from_kwargs(width=args.width, height=args.height, **options)

@@ -63,7 +63,10 @@ class SynthConfig:
     ``noise_std``: read-noise standard deviation in linear intensity [0, 1];
     ``shot_noise``: Poisson gain (variance = shot_noise * intensity);
     ``downsample``: 1 (none) or an integer factor such as 4;
-    ``texture_size``: long side of photo textures (0 = chosen from the image size).
+    ``texture_size``: long side of photo textures (0 = chosen from the image size);
+    ``soften_px``: Gaussian sigma (px) that softens the scene itself, sharp
+    render and exposure alike, before sensor noise: a world of smooth textures
+    whose sharp frames have soft edges (0 = off).
     """
 
     width: int = 640
@@ -76,6 +79,7 @@ class SynthConfig:
     shot_noise: float = 0.001
     downsample: int = 1
     texture_size: int = 0
+    soften_px: float = 0.0
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
     def __post_init__(self) -> None:
@@ -91,6 +95,8 @@ class SynthConfig:
             raise ValueError(f"hfov_deg must lie in [10, 150], got {self.hfov_deg}")
         if self.noise_std < 0 or self.shot_noise < 0:
             raise ValueError("noise levels must be non-negative")
+        if not (0.0 <= self.soften_px <= 20.0):
+            raise ValueError(f"soften_px must lie in [0, 20] px, got {self.soften_px}")
         if self.downsample < 1 or self.width % self.downsample or self.height % self.downsample:
             raise ValueError(f"downsample {self.downsample} must be >= 1 and divide {self.width}x{self.height}")
 
@@ -181,6 +187,12 @@ def blur_extent_px(K: CameraIntrinsics, depth: np.ndarray, mid: Pose, first: Pos
 def _make_frame(cfg: SynthConfig, renderer: Renderer, low: Renderer | None, pose_at: Callable[[float], Pose],
                 rng: np.random.Generator, stamp_ns: int, seq: int, seed: int, extras: dict) -> Frame:
     blur_lin, mid, sub_poses = render_exposure(renderer, pose_at, cfg.exposure_s, cfg.subframes)
+    sharp = mid.image
+    if cfg.soften_px > 0:
+        # Gaussian and motion blur commute: softening the finished exposure is
+        # the exposure of the softened scene. In linear light, like the exposure.
+        blur_lin = cv2.GaussianBlur(blur_lin, (0, 0), cfg.soften_px)
+        sharp = linear_to_srgb(cv2.GaussianBlur(srgb_to_linear(sharp), (0, 0), cfg.soften_px))
     K = renderer.K
     blur_px = blur_extent_px(K, mid.depth, pose_at(0.0), sub_poses[0], sub_poses[-1])
     depth, valid = mid.depth, mid.valid
@@ -203,7 +215,7 @@ def _make_frame(cfg: SynthConfig, renderer: Renderer, low: Renderer | None, pose
         frame_id=FRAME_ID,
         seq=seq,
         extras={
-            "sharp": mid.image,
+            "sharp": sharp,
             "valid": valid,
             "blur_px": blur_px,
             "exposure_s": cfg.exposure_s,
