@@ -47,7 +47,7 @@ export PYTHONPATH := $(REPO)
 STAMPS := $(VENV)/.stamps
 MSG_FILES := $(wildcard $(REPO)/msg/*.msg)
 
-.PHONY: venv test demo bench lock clean distclean eval-model
+.PHONY: venv test demo bench lock clean distclean eval-model validate-model
 
 venv: $(STAMPS)/editable
 
@@ -88,7 +88,11 @@ bench: venv
 
 # Issue 7's held-out measurement of a SIR-Diff checkpoint (default: the shipped one).
 eval-model: venv
-	cd $(REPO) && PY=$(PY) scripts/eval_model.sh "$(CHECKPOINT)" $(or $(EVAL_OUT),runs/eval_model)
+	cd $(REPO) && PY=$(PY) scripts/eval_model.sh "$(CHECKPOINT)" $(or $(EVAL_OUT),runs/eval_model) heldout
+
+# The same on validation data (training-split seeds no cache holds): what chooses between weights.
+validate-model: venv
+	cd $(REPO) && PY=$(PY) scripts/eval_model.sh "$(CHECKPOINT)" $(or $(EVAL_OUT),runs/validate_model) val
 
 # Regenerate the exact pins from the current venv (scripts/lock.py says what
 # it leaves out and why).
