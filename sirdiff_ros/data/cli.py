@@ -63,8 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sirdiff-synth: --frames must be >= 1", file=sys.stderr)
         return 2
     options = dict(fps=args.fps, exposure_s=args.exposure, subframes=args.subframes, hfov_deg=args.hfov,
-                   noise_std=args.noise, shot_noise=args.shot_noise, downsample=args.downsample, soften_px=args.soften, speed=args.speed,
-                   angular_speed=args.angular_speed, burst_rate=args.burst_rate, burst_speed=args.burst_speed)
+                   noise_std=args.noise, shot_noise=args.shot_noise, downsample=args.downsample, soften_px=args.soften,
+                   speed=args.speed, angular_speed=args.angular_speed, burst_rate=args.burst_rate,
+                   burst_speed=args.burst_speed)
     try:
         cfg = SynthConfig.from_kwargs(width=args.width, height=args.height, **options)
     except (ValueError, TypeError) as exc:

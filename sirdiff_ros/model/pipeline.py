@@ -386,10 +386,11 @@ class SirDiffPipeline(DiffusionPipeline):
         b, n, _, hh, ww = views.shape
         k, device, rdt = len(keep), images.device, self.refiner.dtype
         degraded = views[:, keep].reshape(b * k, 3, hh, ww)
-        wants_restored = bool(self.refiner.config.get("restored_context", False))
+        wants_restored = self.refiner.summarises_restored
         if wants_restored and (restored_sets is None or restored_sets.shape != views.shape):
             got = None if restored_sets is None else tuple(restored_sets.shape)
-            raise ValueError(f"this head also summarises the restored views; need them as {tuple(views.shape)}, got {got}")
+            raise ValueError(f"this head also summarises the restored views; need them as {tuple(views.shape)}, "
+                             f"got {got}")
         out = []
         for s in range(b):
             # The set's summary (mean and spread of its degraded, and restored, views), shared by its K outputs.
@@ -464,7 +465,7 @@ class SirDiffPipeline(DiffusionPipeline):
         # 5. Decode the views asked for: (B, K, C, h, w) -> (B*K, C, h, w) -> (B*K, 3, H, W);
         # every view when the head summarises the restored set: (B, N, 3, H, W).
         restored_sets = None
-        if self.refiner is not None and self.refiner.config.get("restored_context", False):
+        if self.refiner is not None and self.refiner.summarises_restored:
             restored_sets = self.encoder.decode(z.reshape(b * n, -1, h, w)).float().clamp(-1, 1)
             restored_sets = restored_sets.reshape(b, n, 3, hh, ww)
             images = restored_sets[:, keep].reshape(b * k, 3, hh, ww)

@@ -105,11 +105,16 @@ class PixelRefiner(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.conv_out.bias)
 
     @property
+    def summarises_restored(self) -> bool:
+        """Whether the context also summarises the set's restored views (callers must decode them all)."""
+        return bool(self.config.restored_context)
+
+    @property
     def context_channels(self) -> int:
         """Channels of the context :meth:`forward` takes (0: none)."""
         if not self.config.set_context:
             return 0
-        return 8 if self.config.restored_context else 4
+        return 8 if self.summarises_restored else 4
 
     def forward(self, restored: torch.Tensor, degraded: torch.Tensor,
                 context: torch.Tensor | None = None) -> torch.Tensor:
