@@ -35,7 +35,7 @@ from sirdiff_ros.core.frame import Frame  # noqa: E402
 from sirdiff_ros.core.keyframes import KeyframeBuffer, KeyframeConfig, keyframe_nbytes  # noqa: E402
 from sirdiff_ros.core.restorers import RestoreRequest, create_restorer  # noqa: E402
 from sirdiff_ros.core.reblur import center_kernel, estimate_kernel, reblur  # noqa: E402
-from sirdiff_ros.core.restorers.fusion import _inside, _match_blur, _reprojection_flow, _warp  # noqa: E402
+from sirdiff_ros.core.alignment import lands_inside, match_blur, reprojection_flow, warp  # noqa: E402
 from sirdiff_ros.core.selection import select_views  # noqa: E402
 from sirdiff_ros.data.synth import default_intrinsics, generate_sequence, sample_view_set  # noqa: E402
 from sirdiff_ros.data.trajectory import SmoothTrajectory, TrajectoryConfig  # noqa: E402
@@ -140,12 +140,12 @@ def bench_flow_bias(seeds: list[int]) -> dict:
         size = (160, 120)
         tg = cv2.resize(cv2.cvtColor(t.image, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)
         for p in views[1:]:
-            true, _, valid = _reprojection_flow(t, p, size)
+            true, _, valid = reprojection_flow(t, p, size)
             pg = cv2.resize(cv2.cvtColor(p.image, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)
-            pm = np.clip(_match_blur(pg.astype(np.float32), sharpness(tg))[0], 0, 255).astype(np.uint8)
+            pm = np.clip(match_blur(pg.astype(np.float32), sharpness(tg))[0], 0, 255).astype(np.uint8)
             first = dis.calc(tg, pm, None)
-            k = center_kernel(estimate_kernel(_warp(pg.astype(np.float32), first), tg.astype(np.float32),
-                                              _inside(first, pg.shape), 25))
+            k = center_kernel(estimate_kernel(warp(pg.astype(np.float32), first), tg.astype(np.float32),
+                                              lands_inside(first, pg.shape), 25))
             pk = np.clip(reblur(pg.astype(np.float32), k), 0, 255).astype(np.uint8)
             for name, img in (("plain", pg), ("blur_matched", pm), ("kernel_reblurred", pk)):
                 err = np.linalg.norm(dis.calc(tg, img, None) - true, axis=-1)[valid]

@@ -9,7 +9,7 @@ where the same point lies in another view (SIR-Diff's 3D attention learns
 that from millions of images; ours measured 0.01-0.1 gate weights on
 unregistered views, see MODEL_CARD.md).
 
-Alignment is the fusion backend's (:func:`~.restorers.fusion.align_partners`:
+Alignment is the one both backends use (:func:`~.alignment.align_partners`:
 reprojection with depth and poses, DIS flow otherwise, each checked by
 forward-backward consistency, photometric residual and local correlation);
 its trust map, eroded and smoothed, decides per pixel between partner and
@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from .frame import Frame
-from .restorers.fusion import FusionConfig, align_partners, soft_mask, warp_full
+from .alignment import AlignmentConfig, align_partners, soft_mask, warp_full
 
 __all__ = ["REGISTRATION", "Registration", "register_partners", "register_others", "resample_others", "registered_views"]
 
@@ -63,11 +63,11 @@ class Registration:
         return np.clip(np.rint(w * part + (1.0 - w) * tgt), 0, 255).astype(np.uint8)
 
 
-def register_partners(target: Frame, partners: Sequence[Frame], config: FusionConfig | None = None) -> list[Registration]:
+def register_partners(target: Frame, partners: Sequence[Frame], config: AlignmentConfig | None = None) -> list[Registration]:
     """Register every partner (same image size as ``target``) to ``target``."""
     if not partners:
         return []
-    cfg = config or FusionConfig()
+    cfg = config or AlignmentConfig()
     for p in partners:
         if p.image.shape[:2] != target.image.shape[:2]:
             raise ValueError(f"partner size {p.image.shape[:2]} differs from the target's {target.image.shape[:2]}")
@@ -80,7 +80,7 @@ def register_partners(target: Frame, partners: Sequence[Frame], config: FusionCo
     return out
 
 
-def register_others(views: Sequence[Frame], target: int, config: FusionConfig | None = None) -> list[Registration]:
+def register_others(views: Sequence[Frame], target: int, config: AlignmentConfig | None = None) -> list[Registration]:
     """Every view but ``target`` registered to it, in view order."""
     return register_partners(views[target], [v for j, v in enumerate(views) if j != target], config)
 
@@ -92,7 +92,7 @@ def resample_others(registrations: Sequence[Registration], images: Sequence[np.n
     return [images[target]] + [r.resample(im, images[target]) for r, im in zip(registrations, others)]
 
 
-def registered_views(views: Sequence[Frame], target: int, config: FusionConfig | None = None) -> list[np.ndarray]:
+def registered_views(views: Sequence[Frame], target: int, config: AlignmentConfig | None = None) -> list[np.ndarray]:
     """The target's image followed by every other view resampled into its grid
     (:meth:`Registration.resample`), in view order."""
     return resample_others(register_others(views, target, config), [v.image for v in views], target)
