@@ -47,7 +47,7 @@ export PYTHONPATH := $(REPO)
 STAMPS := $(VENV)/.stamps
 MSG_FILES := $(wildcard $(REPO)/msg/*.msg)
 
-.PHONY: venv test demo bench lock clean distclean eval-model validate-model
+.PHONY: venv test lint demo bench lock clean distclean eval-model validate-model
 
 venv: $(STAMPS)/editable
 
@@ -79,6 +79,10 @@ $(STAMPS)/editable: $(STAMPS)/msgs $(REPO)/setup.py
 
 test: venv
 	cd $(REPO) && $(PY) -m pytest $(TESTS) $(PYTEST_ARGS)
+
+# The linter and the type checker alone (make test runs them too: test/test_code_quality.py).
+lint: venv
+	cd $(REPO) && $(PY) -m ruff check . && $(PY) -m mypy --config-file mypy.ini
 
 demo: venv
 	cd $(REPO) && $(PY) -m sirdiff_ros.ros.demo $(DEMO_ARGS)

@@ -168,7 +168,8 @@ def test_cpu_backends_do_not_import_torch() -> None:
 
 
 def test_node_with_the_sirdiff_backend_on_a_tiny_checkpoint(tmp_path: Path) -> None:
-    """The diffusion backend inside the node (torch on the worker thread), over DDS."""
+    """The diffusion backend inside the node (torch on the worker thread), over DDS,
+    on ``device: auto``: CUDA, else MPS, else the CPU (the choice is logged)."""
     import torch
     from geometry_msgs.msg import PoseStamped
 
@@ -183,7 +184,8 @@ def test_node_with_the_sirdiff_backend_on_a_tiny_checkpoint(tmp_path: Path) -> N
     ckpt = pipe.save_checkpoint(tmp_path / "tiny", default_steps=2)
     frames = target_rich_frames(9, 64, 48)
     node = NodeProcess(
-        {"backend": "sirdiff", "checkpoint": str(ckpt), "qos_reliability": "reliable", "min_translation": 0.0, "latency_budget_s": 30.0},
+        {"backend": "sirdiff", "device": "auto", "checkpoint": str(ckpt), "qos_reliability": "reliable", "min_translation": 0.0,
+         "latency_budget_s": 30.0},
         log_path=tmp_path / "node.log",
     )
     try:
@@ -199,8 +201,10 @@ def test_node_with_the_sirdiff_backend_on_a_tiny_checkpoint(tmp_path: Path) -> N
             out = {r.stamp_ns: r.msg for r in probe.get("restored/image")}
     finally:
         node.close()
+    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert f"on device auto -> {device} (" in node.output()
     restored = [k for k in sets if k.outcome == KeyframeSet.OUTCOME_RESTORED]
-    assert restored and all(k.backend == "sirdiff" and len(k.views) >= 2 for k in restored)
+    assert restored and all(k.backend == "sirdiff" and k.device == device and len(k.views) >= 2 for k in restored)
     for k in restored:
         msg = out[stamp_to_ns(k.header.stamp)]
         assert k.views[k.target_index].sharpness_after == pytest.approx(sharpness(_array(msg)), rel=1e-5)

@@ -209,6 +209,9 @@ def test_bad_input_is_counted_logged_and_valid_frames_all_come_out(tmp_path: Pat
         # Logged with a reason, and rate-limited (one line per kind per 5 s here).
         assert 1 <= len(lines) <= 2, (kind, lines)
         assert len(lines[0].split(":", 2)[-1].strip()) > 20, lines[0]
+    # An image without camera_info is given up on by the timeout, and the line says so.
+    no_info = next(ln for ln in log.splitlines() if "(no_camera_info)" in ln)
+    assert "arrived within sync_timeout_s=0.3 s" in no_info, no_info
 
 
 # -- backend faults ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,8 +17,9 @@ from sirdiff_ros.core.geometry import Pose
 from sirdiff_ros.ros import params as P
 from sirdiff_ros.ros.association import ApproxTimeSync
 from sirdiff_ros.core.pose_history import PoseHistory, PoseLookup
-from sirdiff_ros.ros.sequencer import FallbackReason, OutputSequencer
-from sirdiff_ros.ros.stats import Level, NodeStats
+from sirdiff_ros.core.reasons import Level, PassReason
+from sirdiff_ros.ros.sequencer import OutputSequencer
+from sirdiff_ros.ros.stats import NodeStats
 from sirdiff_ros.ros.worker import RestoreWorker
 
 MS = 1_000_000
@@ -34,7 +36,7 @@ def test_sync_pairs_closest_within_slop_and_reports_unmatched() -> None:
     # 20 ms off: outside the slop, stays queued.
     assert s.add(1, 120 * MS, "info120", 0.0)[0] == []
     # Overflow evicts the oldest image, reported (not lost silently).
-    for k, stamp in enumerate((166, 200, 233)):
+    for stamp in (166, 200, 233):
         _, ev = s.add(0, stamp * MS, f"img{stamp}", 0.0)
     assert [e.msg for e in ev] == ["img100"] and ev[0].why == "overflow"
     # Age-based eviction of everything older than the timeout.
@@ -92,7 +94,7 @@ def test_sequencer_keeps_input_order_and_falls_back_after_deadline() -> None:
     assert seq.is_pending(1) and not seq.is_pending(3) and not seq.is_pending(0)
     assert seq.expire(now=15.0) == 1  # 1 misses its budget, 3 is already resolved
     assert not seq.is_pending(1)
-    assert out == [(0, "orig"), (1, FallbackReason.LATENCY_BUDGET), (2, "orig"), (3, "restored")]
+    assert out == [(0, "orig"), (1, PassReason.LATENCY_BUDGET), (2, "orig"), (3, "restored")]
     assert not seq.resolve(1, (1, "late")), "a late result must not be published twice"
     with pytest.raises(ValueError):
         seq.add_ready(2, (2, "again"))
@@ -106,7 +108,7 @@ def test_sequencer_bounds_held_items() -> None:
     seq.add_ready(2, (2, "orig"))
     assert out == []
     seq.add_ready(3, (3, "orig"))  # a 4th held item: the pending head falls back
-    assert out[0] == (0, FallbackReason.OUTPUT_FULL) and [o[0] for o in out] == [0, 1, 2, 3]
+    assert out[0] == (0, PassReason.OUTPUT_FULL) and [o[0] for o in out] == [0, 1, 2, 3]
 
 
 # -- worker ---------------------------------------------------------------------------
@@ -286,3 +288,30 @@ def test_keyframe_set_fields_fill_the_message() -> None:
     assert msg.reason == target.reason and msg.outcome == KeyframeSet.OUTCOME_PASSED_THROUGH
     with pytest.raises(AttributeError, match="no field 'bogus'"):
         fill_message(KeyframeSet(), {"bogus": 1})
+
+
+# -- rclpy of ROS 2 Humble ----------------------------------------------------------------
+def test_parameters_apply_without_post_set_callbacks(rclpy_context: Any) -> None:
+    """Humble's rclpy has no ``add_post_set_parameters_callback``: changes are then
+    applied from the checking callback, and rejected ones are not applied."""
+    from rclpy.parameter import Parameter
+
+    from sirdiff_ros.ros.restore_node import RestoreNode
+
+    class HumbleNode(RestoreNode):
+        @property
+        def add_post_set_parameters_callback(self) -> Any:
+            raise AttributeError("not in Humble's rclpy")
+
+    node = HumbleNode(context=rclpy_context, parameter_overrides=[Parameter("backend", value="passthrough")])
+    try:
+        assert not hasattr(node, "add_post_set_parameters_callback")
+        ok = node.set_parameters([Parameter("mode", value="keyframes"), Parameter("drop_policy", value="drop_newest")])
+        assert all(r.successful for r in ok)
+        assert node.cfg["mode"] == "keyframes" and node.worker.policy == "drop_newest"
+        bad = node.set_parameters([Parameter("mode", value="fastest")])
+        assert not bad[0].successful and "one of stream, keyframes" in bad[0].reason
+        assert node.cfg["mode"] == "keyframes" and node.get_parameter("mode").value == "keyframes"
+    finally:
+        node.close()
+        node.destroy_node()

@@ -342,7 +342,7 @@ def test_registered_sets_can_target_the_blurriest_view(tmp_path: Path) -> None:
     assert len(set(blurriest)) > 1  # the blurriest view is not always the same position
     for fraction, expect_all in ((1.0, True), (0.0, False)):
         chosen = []
-        for (sharp, deg), i in zip(registered_view_sets(shard_frames(store), seed=1, blurriest_fraction=fraction),
+        for (_, deg), i in zip(registered_view_sets(shard_frames(store), seed=1, blurriest_fraction=fraction),
                                    range(len(store))):
             chosen.append(int(np.flatnonzero([np.array_equal(deg[0], v) for v in store.blurred[i]])[0]))
         assert (chosen == blurriest) == expect_all, (fraction, chosen, blurriest)

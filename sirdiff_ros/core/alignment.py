@@ -179,7 +179,8 @@ def warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Sample ``img`` at target pixel + flow (bilinear, replicated borders)."""
     h, w = flow.shape[:2]
     m = _pixel_grid(h, w) + flow  # (h, w, 2) absolute sample positions
-    return cv2.remap(img, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # map2=None (one two-channel map) is valid at run time; OpenCV's stubs do not list it.
+    return cv2.remap(img, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload]
 
 
 def lands_inside(flow: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -196,14 +197,14 @@ def reprojection_flow(target: Frame, partner: Frame, size: tuple[int, int]) -> t
     Returns (flow (h, w, 2), z in the partner camera (h, w), valid (h, w)).
     """
     w, h = size
-    sx, sy = w / target.width, h / target.height
+    sx = w / target.width  # the working size keeps the aspect ratio: one scale
     Kt = target.intrinsics.scaled(sx)
     # Nearest depth (no mixing of foreground and background at edges).
     depth = cv2.resize(target.depth, (w, h), interpolation=cv2.INTER_NEAREST)  # type: ignore[arg-type]
     valid = np.isfinite(depth) & (depth > 0)
     uv = Kt.pixel_grid()[:h, :w]  # (h, w, 2)
     pts = Kt.unproject(uv, np.where(valid, depth, 1.0))  # (h, w, 3) target camera
-    rel = target.pose.relative_to(partner.pose)  # type: ignore[union-attr]
+    rel = target.pose.relative_to(partner.pose)  # type: ignore[union-attr, arg-type]
     pc = rel.transform_points(pts)  # (h, w, 3) partner camera
     # The partner is resized by the same factor as the target.
     Kpw = partner.intrinsics.scaled(sx)
@@ -367,7 +368,7 @@ def align_partners(
         size = (max(8, int(round(W * scale))), max(8, int(round(H * scale))))
         tg = _resize(_grey_f32(target.image), size)
         tg_score = sharpness(np.clip(tg, 0, 255).astype(np.uint8))
-        dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[config.dis_preset])
+        dis = cv2.DISOpticalFlow.create(_DIS_PRESETS[config.dis_preset])
         out = [align_partner(target, p, tg, tg_score, config, dis) for p in partners]
         return out, max(a.blur_extent for a in out), tg
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "GeometryError",
@@ -40,28 +41,28 @@ class GeometryError(ValueError):
 QUATERNION_NORM_TOLERANCE = 1e-3
 
 
-def normalize_quaternion(q: Sequence[float], tolerance: float | None = QUATERNION_NORM_TOLERANCE) -> np.ndarray:
+def normalize_quaternion(q: npt.ArrayLike, tolerance: float | None = QUATERNION_NORM_TOLERANCE) -> np.ndarray:
     """Return ``q`` (x, y, z, w) as a unit float64 array with ``w >= 0``.
 
     Raises :class:`GeometryError` for non-finite values, a zero quaternion, or
     (when ``tolerance`` is not None) a norm further than ``tolerance`` from 1.
     """
-    q = np.asarray(q, dtype=np.float64).reshape(-1)
-    if q.shape != (4,):
-        raise GeometryError(f"quaternion must have 4 components, got {q.shape[0]}")
-    if not np.all(np.isfinite(q)):
-        raise GeometryError(f"quaternion has non-finite components: {q.tolist()}")
-    norm = float(np.linalg.norm(q))
+    v = np.asarray(q, dtype=np.float64).reshape(-1)
+    if v.shape != (4,):
+        raise GeometryError(f"quaternion must have 4 components, got {v.shape[0]}")
+    if not np.all(np.isfinite(v)):
+        raise GeometryError(f"quaternion has non-finite components: {v.tolist()}")
+    norm = float(np.linalg.norm(v))
     if norm < 1e-12:
         raise GeometryError("quaternion has zero norm")
     if tolerance is not None and abs(norm - 1.0) > tolerance:
         raise GeometryError(f"quaternion is not unit length (norm {norm:.6f})")
-    q = q / norm
+    v = v / norm
     # One canonical sign so equal rotations compare equal.
-    return -q if q[3] < 0 else q
+    return -v if v[3] < 0 else v
 
 
-def quaternion_to_matrix(q: Sequence[float]) -> np.ndarray:
+def quaternion_to_matrix(q: npt.ArrayLike) -> np.ndarray:
     """Rotation matrix (3x3) of a unit quaternion (x, y, z, w)."""
     x, y, z, w = normalize_quaternion(q, tolerance=None)
     return np.array(
@@ -93,7 +94,7 @@ def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
     return normalize_quaternion(q, tolerance=None)
 
 
-def slerp(q0: Sequence[float], q1: Sequence[float], u: float) -> np.ndarray:
+def slerp(q0: npt.ArrayLike, q1: npt.ArrayLike, u: float) -> np.ndarray:
     """Spherical linear interpolation between unit quaternions, ``u`` in [0, 1]."""
     a = normalize_quaternion(q0, tolerance=None)
     b = normalize_quaternion(q1, tolerance=None)

@@ -12,11 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from .reasons import DropReason
+
 __all__ = [
     "ImageDecodeError",
     "SUPPORTED_ENCODINGS",
     "decode_image",
     "decode_image_msg",
+    "decode_compressed",
     "encode_image",
     "to_rgb8",
     "from_rgb8",
@@ -40,7 +43,7 @@ SUPPORTED_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
 class ImageDecodeError(ValueError):
     """An image message that cannot be turned into an array."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: DropReason, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -60,19 +63,19 @@ def decode_image(
     ``zero_size``, ``too_large``, ``step_mismatch``, ``size_mismatch``.
     """
     if encoding not in SUPPORTED_ENCODINGS:
-        raise ImageDecodeError("bad_encoding", f"unsupported encoding {encoding!r}")
+        raise ImageDecodeError(DropReason.BAD_ENCODING, f"unsupported encoding {encoding!r}")
     dtype, channels = SUPPORTED_ENCODINGS[encoding]
     if height <= 0 or width <= 0:
-        raise ImageDecodeError("zero_size", f"image has zero size ({width}x{height})")
+        raise ImageDecodeError(DropReason.ZERO_SIZE, f"image has zero size ({width}x{height})")
     if max_pixels is not None and height * width > max_pixels:
-        raise ImageDecodeError("too_large", f"image {width}x{height} exceeds the limit of {max_pixels} pixels")
+        raise ImageDecodeError(DropReason.TOO_LARGE, f"image {width}x{height} exceeds the limit of {max_pixels} pixels")
     row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
-        raise ImageDecodeError("step_mismatch", f"step {step} is smaller than a {encoding} row of width {width} ({row_bytes} bytes)")
+        raise ImageDecodeError(DropReason.STEP_MISMATCH, f"step {step} is smaller than a {encoding} row of width {width} ({row_bytes} bytes)")
     buf = np.frombuffer(memoryview(data).cast("B") if not isinstance(data, np.ndarray) else data.view(np.uint8), dtype=np.uint8)
     expected = step * height
     if buf.size != expected:
-        raise ImageDecodeError("size_mismatch", f"data has {buf.size} bytes, expected step*height = {expected}")
+        raise ImageDecodeError(DropReason.SIZE_MISMATCH, f"data has {buf.size} bytes, expected step*height = {expected}")
     rows = buf.reshape(height, step)[:, :row_bytes]
     arr = np.ascontiguousarray(rows).view(dtype.newbyteorder(">" if is_bigendian else "<"))
     arr = arr.astype(dtype, copy=False)
@@ -84,6 +87,30 @@ def decode_image_msg(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     return decode_image(
         msg.encoding, int(msg.height), int(msg.width), int(msg.step), msg.data, bool(msg.is_bigendian), max_pixels
     )
+
+
+def decode_compressed(data: Any, fmt: str = "", max_pixels: int | None = None) -> np.ndarray:
+    """A ``sensor_msgs/CompressedImage`` payload (JPEG or PNG) as the core's uint8 layout.
+
+    ``fmt`` (the message's ``format``, e.g. ``"rgb8; jpeg compressed bgr8"``)
+    is only used in messages: the codec is recognised from the data itself.
+    Colour comes back RGB (H, W, 3), grey (H, W); 16-bit PNGs are scaled to
+    8 bits (>> 8). Raises :class:`ImageDecodeError` (``bad_compressed``,
+    ``too_large``).
+    """
+    import cv2  # here, not at module level: the codec's raw path stays numpy-only
+
+    buf = np.frombuffer(memoryview(data).cast("B") if not isinstance(data, np.ndarray) else data.view(np.uint8), np.uint8)
+    img: np.ndarray | None = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if img is None:
+        raise ImageDecodeError(DropReason.BAD_COMPRESSED, f"cannot decode a {buf.size}-byte compressed image ({fmt or 'no format'})")
+    if max_pixels is not None and img.shape[0] * img.shape[1] > max_pixels:
+        raise ImageDecodeError(DropReason.TOO_LARGE, f"image {img.shape[1]}x{img.shape[0]} exceeds the limit of {max_pixels} pixels")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return img if img.dtype == np.uint8 else np.right_shift(img, 8).astype(np.uint8)
 
 
 def to_rgb8(array: np.ndarray, encoding: str) -> np.ndarray:
@@ -104,7 +131,7 @@ def to_rgb8(array: np.ndarray, encoding: str) -> np.ndarray:
         return array
     if encoding in ("mono16", "16UC1"):
         return (array >> 8).astype(np.uint8)
-    raise ImageDecodeError("bad_encoding", f"encoding {encoding!r} is not a camera image encoding")
+    raise ImageDecodeError(DropReason.BAD_ENCODING, f"encoding {encoding!r} is not a camera image encoding")
 
 
 def from_rgb8(image: np.ndarray, encoding: str) -> np.ndarray:
@@ -119,16 +146,16 @@ def from_rgb8(image: np.ndarray, encoding: str) -> np.ndarray:
         return np.ascontiguousarray(np.concatenate([rgb, alpha], axis=2))
     if encoding in ("mono16", "16UC1"):
         return image.astype(np.uint16) << 8
-    raise ImageDecodeError("bad_encoding", f"cannot encode to {encoding!r}")
+    raise ImageDecodeError(DropReason.BAD_ENCODING, f"cannot encode to {encoding!r}")
 
 
 def encode_image(array: np.ndarray, encoding: str) -> tuple[int, bytes]:
     """``(step, data)`` for an array in ``encoding`` (little-endian, packed rows)."""
     if encoding not in SUPPORTED_ENCODINGS:
-        raise ImageDecodeError("bad_encoding", f"unsupported encoding {encoding!r}")
+        raise ImageDecodeError(DropReason.BAD_ENCODING, f"unsupported encoding {encoding!r}")
     dtype, channels = SUPPORTED_ENCODINGS[encoding]
     arr = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<"))
     got = 1 if arr.ndim == 2 else arr.shape[2]
     if got != channels:
-        raise ImageDecodeError("bad_encoding", f"{encoding} needs {channels} channels, array has {got}")
+        raise ImageDecodeError(DropReason.BAD_ENCODING, f"{encoding} needs {channels} channels, array has {got}")
     return arr.shape[1] * channels * dtype.itemsize, arr.tobytes()

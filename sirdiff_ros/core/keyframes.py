@@ -45,6 +45,7 @@ from .blur import sharpness as sharpness_score
 from .frame import Frame
 from .geometry import Pose
 from .overlap import CameraStack
+from .reasons import KeyframeReason
 
 __all__ = [
     "KEYFRAME_OVERHEAD_BYTES",
@@ -115,7 +116,7 @@ class Admission:
     """Result of :meth:`KeyframeBuffer.consider`."""
 
     admitted: bool
-    reason: str
+    reason: KeyframeReason
     keyframe: Keyframe | None = None
     evicted: tuple[Keyframe, ...] = ()
 
@@ -178,30 +179,30 @@ class KeyframeBuffer:
         the frame pass it to avoid doing it twice).
         """
         if frame.pose is None:
-            return Admission(False, "no_pose")
+            return Admission(False, KeyframeReason.NO_POSE)
         cfg = self.config
         with self._lock:
             last = self._last
             if last is None:
-                reason = "first"
+                reason = KeyframeReason.FIRST
             else:
                 dt = (frame.stamp_ns - last.stamp_ns) * 1e-9
                 if dt <= 0:
-                    return Admission(False, "stamp_backwards")
+                    return Admission(False, KeyframeReason.STAMP_BACKWARDS)
                 if dt < cfg.min_time_gap_s:
-                    return Admission(False, "min_time_gap")
+                    return Admission(False, KeyframeReason.MIN_TIME_GAP)
                 lp = cast(Pose, last.frame.pose)  # admitted keyframes always have a pose
                 if frame.pose.distance_to(lp) >= cfg.min_translation:
-                    reason = "translation"
+                    reason = KeyframeReason.TRANSLATION
                 elif math.degrees(frame.pose.rotation_angle_to(lp)) >= cfg.min_rotation_deg:
-                    reason = "rotation"
+                    reason = KeyframeReason.ROTATION
                 elif dt >= cfg.max_time_gap_s:
-                    reason = "max_time_gap"
+                    reason = KeyframeReason.MAX_TIME_GAP
                 else:
-                    return Admission(False, "small_motion")
+                    return Admission(False, KeyframeReason.SMALL_MOTION)
             nbytes = keyframe_nbytes(frame, cfg.keep_extras)
             if nbytes > cfg.max_bytes:
-                return Admission(False, "too_large")
+                return Admission(False, KeyframeReason.TOO_LARGE)
             score = sharpness_score(frame.image) if sharpness is None else float(sharpness)
             stored = frame if cfg.keep_extras else _without_array_extras(frame)
             kf = Keyframe(stored, score, self._next_index, nbytes)

@@ -68,7 +68,7 @@ class OverlapGrid:
     @property
     def cell_valid(self) -> np.ndarray:
         """(G,) cells with at least one valid sample."""
-        return self.valid.any(axis=0)
+        return np.asarray(self.valid.any(axis=0))
 
 
 def target_grid(

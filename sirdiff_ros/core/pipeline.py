@@ -30,7 +30,7 @@ reaches ``motion_blur_px``, or reaches half of it and the score gate agrees.
 Reasons a frame is passed through (``RestorationOutcome.reason``):
 ``not_keyframe``, ``no_pose``, ``no_reference``, ``sharp``, ``no_partners``,
 ``backend_error``, or the backend's own reason (e.g. ``passthrough``,
-``no_sharper_partner``). Empty when restored.
+``no_sharper_partner``): :class:`~sirdiff_ros.core.reasons.PassReason`. Empty when restored.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from .blur import sharpness as sharpness_score
 from .frame import Frame
 from .geometry import Pose
 from .keyframes import Admission, Keyframe, KeyframeBuffer, KeyframeConfig
+from .reasons import KeyframeReason, Outcome, PassReason
 from .restorers.base import RestoreRequest, Restorer, create_restorer
 from .selection import SelectionConfig, ViewSelection, select_views
 
@@ -60,9 +61,9 @@ __all__ = [
     "RestorationPipeline",
 ]
 
-# Mirrors KeyframeSet.msg's OUTCOME_* constants.
-OUTCOME_RESTORED = 0
-OUTCOME_PASSED_THROUGH = 1
+# Mirror KeyframeSet.msg's OUTCOME_* constants.
+OUTCOME_RESTORED = Outcome.RESTORED
+OUTCOME_PASSED_THROUGH = Outcome.PASSED_THROUGH
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,7 @@ class RestorationPipeline:
             motion = self._motion_blur(frame)
             ref = math.nan
             if not adm.admitted:
-                reason = "no_pose" if adm.reason == "no_pose" else "not_keyframe"
+                reason: str = PassReason.NO_POSE if adm.reason == KeyframeReason.NO_POSE else PassReason.NOT_KEYFRAME
                 is_target = False
             else:
                 kf = cast(Keyframe, adm.keyframe)  # set whenever admitted
@@ -258,12 +259,12 @@ class RestorationPipeline:
                     # The camera's motion decides when it is clear-cut; the
                     # score decides in between.
                     is_target = motion >= cfg.motion_blur_px or (blurred_score and motion >= cfg.motion_blur_px / 2)
-                    reason = "" if is_target else "sharp"
+                    reason = "" if is_target else PassReason.SHARP
                 elif math.isfinite(ref):
                     is_target = blurred_score
-                    reason = "" if is_target else "sharp"
+                    reason = "" if is_target else PassReason.SHARP
                 else:
-                    reason, is_target = "no_reference", False
+                    reason, is_target = PassReason.NO_REFERENCE, False
             self._count("frames")
             self._count("keyframes" if adm.admitted else "not_keyframes")
             self._count("targets" if is_target else f"passed.{reason}")
@@ -301,7 +302,7 @@ class RestorationPipeline:
         views, overlaps = list(sel.views), list(sel.overlaps)
         before = [decision.sharpness] + [k.sharpness for k in sel.partners]
         if len(views) < 2:
-            return self._passed(decision, views, overlaps, before, "no_partners", backend)
+            return self._passed(decision, views, overlaps, before, PassReason.NO_PARTNERS, backend)
         request = RestoreRequest(views=views, targets=[0], overlaps=overlaps)
         t0 = time.perf_counter()
         try:
@@ -313,7 +314,7 @@ class RestorationPipeline:
                     f"for a {frame.image.dtype}{frame.image.shape} image"
                 )
         except Exception as exc:  # any backend failure degrades to passthrough
-            out = self._passed(decision, views, overlaps, before, "backend_error", backend)
+            out = self._passed(decision, views, overlaps, before, PassReason.BACKEND_ERROR, backend)
             out.error = exc
             out.latency_s = time.perf_counter() - t0
             self._count("backend_errors")
@@ -321,12 +322,12 @@ class RestorationPipeline:
         latency = time.perf_counter() - t0
         after = [math.nan] * len(views)
         after[0] = float(sharpness_score(rv.image)) if rv.restored else decision.sharpness
-        self._count("restored" if rv.restored else f"passed.{rv.reason or 'backend_declined'}")
+        self._count("restored" if rv.restored else f"passed.{rv.reason or PassReason.BACKEND_DECLINED}")
         return RestorationOutcome(
             decision=decision,
             image=rv.image if rv.restored else frame.image,
             restored=bool(rv.restored),
-            reason="" if rv.restored else (rv.reason or "backend_declined"),
+            reason="" if rv.restored else (rv.reason or PassReason.BACKEND_DECLINED),
             views=views,
             target_index=0,
             overlaps=overlaps,
@@ -363,7 +364,7 @@ class RestorationPipeline:
         reason: str,
         backend: Restorer,
     ) -> RestorationOutcome:
-        if decision.is_target and reason != "backend_error":
+        if decision.is_target and reason != PassReason.BACKEND_ERROR:
             self._count(f"passed.{reason}")
         return RestorationOutcome(
             decision=decision,

@@ -36,12 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
 
-import cv2
 import numpy as np
 
 from ..core.frame import Frame
 from ..core.geometry import CameraIntrinsics, GeometryError, Pose
-from ..core.image_codec import ImageDecodeError, decode_image_msg, encode_image, to_rgb8
+from ..core.image_codec import ImageDecodeError, decode_compressed, decode_image_msg, encode_image, to_rgb8
+from ..core.reasons import DropReason
 from ..interfaces import make_typestore
 from ..core.pose_history import PoseHistory
 from .mcap_scan import mcap_channels, scan_mcap
@@ -354,12 +354,7 @@ def _stamp_ns(header: Any) -> int:
 
 def _decode_camera_image(msg: Any, msgtype: str) -> np.ndarray:
     if msgtype == COMPRESSED:
-        img = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise ImageDecodeError("bad_encoding", f"cannot decode compressed image ({msg.format})")
-        if img.ndim == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-        return img if img.dtype == np.uint8 else (img >> 8).astype(np.uint8)
+        return decode_compressed(msg.data, msg.format)
     return to_rgb8(decode_image_msg(msg), msg.encoding)
 
 
@@ -369,7 +364,7 @@ def _decode_depth(msg: Any) -> np.ndarray:
         return arr.astype(np.float32) / 1000.0  # REP 118: 16-bit depth is millimetres
     if msg.encoding == "32FC1":
         return np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    raise ImageDecodeError("bad_encoding", f"depth image encoding {msg.encoding!r} is not 16UC1 or 32FC1")
+    raise ImageDecodeError(DropReason.BAD_ENCODING, f"depth image encoding {msg.encoding!r} is not 16UC1 or 32FC1")
 
 
 def _pose_of(msg: Any, msgtype: str) -> Pose:

@@ -126,7 +126,6 @@ class Renderer:
     def render(self, pose: Pose) -> RenderResult:
         """Sharp image, depth, validity and quad ids seen from ``pose`` (T_world_cam)."""
         h, w = self.K.height, self.K.width
-        fx, fy, cx, cy = self.K.fx, self.K.fy, self.K.cx, self.K.cy
         inv_z = np.zeros((h, w), np.float32)
         qid = np.full((h, w), -1, np.int16)
         R_cw = pose.rotation.T

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..core.geometry import CameraIntrinsics, GeometryError, Pose
+from ..core.reasons import DropReason
 from ..core.image_codec import ImageDecodeError, decode_image_msg, encode_image, from_rgb8, to_rgb8
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
 class InputRejected(ValueError):
     """An input message the node cannot use; ``kind`` is the counted reason."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: DropReason, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -54,7 +55,7 @@ def camera_info_to_intrinsics(info: Any) -> CameraIntrinsics:
     try:
         return CameraIntrinsics.from_camera_info(list(info.k), int(info.width), int(info.height))
     except (GeometryError, ValueError) as exc:
-        raise InputRejected("bad_camera_info", f"camera_info rejected: {exc}") from exc
+        raise InputRejected(DropReason.BAD_CAMERA_INFO, f"camera_info rejected: {exc}") from exc
 
 
 def pose_from_msg(msg: Any, pose_type: str) -> Pose:
@@ -63,11 +64,11 @@ def pose_from_msg(msg: Any, pose_type: str) -> Pose:
     t = (p.position.x, p.position.y, p.position.z)
     q = (p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w)
     if not all(math.isfinite(v) for v in t + q):
-        raise InputRejected("pose_non_finite", f"pose has non-finite values: t={t} q={q}")
+        raise InputRejected(DropReason.POSE_NON_FINITE, f"pose has non-finite values: t={t} q={q}")
     try:
         return Pose.from_quaternion(t, q)
     except GeometryError as exc:
-        raise InputRejected("pose_bad_quaternion", f"pose rejected: {exc}") from exc
+        raise InputRejected(DropReason.POSE_BAD_QUATERNION, f"pose rejected: {exc}") from exc
 
 
 def image_from_msg(msg: Any, max_pixels: int) -> np.ndarray:
@@ -88,7 +89,7 @@ def depth_from_msg(msg: Any, max_pixels: int) -> np.ndarray:
         return np.maximum(depth, 0.0)
     if msg.encoding in ("16UC1", "mono16"):
         return arr.astype(np.float32) / 1000.0
-    raise ImageDecodeError("bad_encoding", f"depth encoding must be 32FC1 or 16UC1, got {msg.encoding!r}")
+    raise ImageDecodeError(DropReason.BAD_ENCODING, f"depth encoding must be 32FC1 or 16UC1, got {msg.encoding!r}")
 
 
 def output_image_msg(template: Any, rgb: np.ndarray) -> Any:

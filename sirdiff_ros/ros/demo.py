@@ -67,7 +67,7 @@ def _read_outputs(bag: Path) -> tuple[dict[int, np.ndarray], list[Any], Any]:
     status = None
     with AnyReader([bag], default_typestore=make_typestore()) as reader:
         for conn, _, raw in reader.messages(connections=reader.connections):
-            msg = reader.deserialize(raw, conn.msgtype)
+            msg: Any = reader.deserialize(raw, conn.msgtype)
             if conn.topic == "/restored/image":
                 images[stamp_to_ns(msg.header.stamp)] = to_rgb8(decode_image_msg(msg), msg.encoding)
             elif conn.topic == "/keyframe_set":

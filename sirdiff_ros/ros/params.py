@@ -11,18 +11,16 @@ ROS-free.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from ..core.device import DEVICE_PATTERN
 from ..core.keyframes import KeyframeConfig
 from ..core.pipeline import PipelineConfig
 
 __all__ = ["ParamSpec", "PARAMS", "SPECS", "check_value", "defaults", "markdown_table", "pipeline_config", "params_yaml", "NODE_NAME"]
 
 NODE_NAME = "sirdiff_restore"
-
-_DEVICE_RE = re.compile(r"^(cpu|auto|cuda|cuda:\d+|mps)$")
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     # -- restoration ---------------------------------------------------------------
     ParamSpec("mode", "stream", "stream: every image republished in input order; keyframes: keyframes only.", choices=("stream", "keyframes"), read_only=False, group="restoration"),
     ParamSpec("backend", "fusion", "Restoration backend: passthrough, fusion, sirdiff, sirdiff-single (or a registered name).", group="restoration"),
-    ParamSpec("device", "cpu", "Device of the backend: cpu, cuda, cuda:N, auto.", group="restoration"),
+    ParamSpec("device", "auto", "Device of the backend: cpu, cuda, cuda:N, mps, or auto (CUDA, then MPS, then the CPU, among those the backend runs on; the choice is logged).", group="restoration"),
     ParamSpec("checkpoint", "", "Model checkpoint for backends that take one; empty: the backend's default (shipped weights).", group="restoration"),
     ParamSpec("steps", 0, "Sampling steps for diffusion backends; 0: the backend's default.", min=0, max=1000, group="restoration"),
     ParamSpec("num_views", _PC.num_views, "Views restored jointly (target + partners).", min=1, max=16, group="restoration"),
@@ -149,6 +147,7 @@ def check_value(name: str, value: Any) -> str | None:
         value = float(value)
     if not isinstance(value, want) or (want is int and isinstance(value, bool)):
         return f"{name} must be {want.__name__}, got {type(value).__name__} {value!r}"
+    value = cast(Any, value)  # of the declared type from here on
     if want is float and not math.isfinite(value):
         return f"{name} must be finite, got {value!r}"
     if spec.min is not None and value < spec.min:
@@ -157,7 +156,7 @@ def check_value(name: str, value: Any) -> str | None:
         return f"{name} must be <= {spec.max}, got {value!r}"
     if spec.choices and value not in spec.choices:
         return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
-    if name == "device" and not _DEVICE_RE.match(value):
+    if name == "device" and not DEVICE_PATTERN.match(value):
         return f"device must be cpu, auto, cuda, cuda:N or mps; got {value!r}"
     return None
 
@@ -187,7 +186,7 @@ def params_yaml() -> str:
     lines = [
         "# Parameters of the sirdiff_ros restore node (sirdiff-restore / restore_node).",
         "# Generated from sirdiff_ros/ros/params.py (python -m sirdiff_ros.ros.params --yaml);",
-        "# the defaults here equal the declared ones (test/test_node_params.py checks).",
+        "# the defaults here equal the declared ones (test/test_node_units.py checks).",
         "# `/**` applies to the node under any name or namespace.",
         "/**:",
         "  ros__parameters:",

@@ -142,7 +142,7 @@ class Probe:
         self.node = Node(name, context=self.context, start_parameter_services=False)
         rel = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
         qos = QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=rel)
-        self.pubs = {t: self.node.create_publisher(c, t, qos) for t, c in inputs.items()}
+        self.pubs: dict[str, Any] = {t: self.node.create_publisher(c, t, qos) for t, c in inputs.items()}
         self.received: dict[str, list[Received]] = {t: [] for t in outputs}
         self._lock = threading.Lock()
         for t, c in outputs.items():

@@ -38,6 +38,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from ..core.frame import Frame, FrameError
 from ..core.image_codec import ImageDecodeError
 from ..core.pipeline import RestorationPipeline
+from ..core.reasons import DropReason, Outcome, PassReason
 from ..core.restorers import create_restorer
 from ..msg import KeyframeSet, RestoreStatus, ViewInfo
 from . import params as P
@@ -153,13 +154,18 @@ class RestoreNode(Node):
         if c["depth_topic"]:
             self.create_subscription(Image, c["depth_topic"], self._on_depth, in_qos)
 
-        self.add_on_set_parameters_callback(self._check_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        if hasattr(self, "add_post_set_parameters_callback"):  # rclpy of Iron and later
+            self.add_on_set_parameters_callback(self._check_parameters)
+            self.add_post_set_parameters_callback(self._apply_parameters)
+        else:  # Humble's rclpy: apply from the check callback once every change is valid
+            self.add_on_set_parameters_callback(self._check_and_apply_parameters)
         self.create_timer(_HOUSEKEEPING_PERIOD_S, self._housekeeping)
         self.create_timer(c["diagnostics_period_s"], self._publish_diagnostics)
+        choice = getattr(self._restorer, "device_choice", None)
+        device = choice.describe() if choice is not None else f"device {self._restorer.device}"
         self.get_logger().info(
             f"restoring {self.resolve_topic_name(c['image_topic'])} -> {self.resolve_topic_name(c['output_image_topic'])} "
-            f"with backend {self._restorer.name!r} on {self._restorer.device}, mode {c['mode']}"
+            f"with backend {self._restorer.name!r} on {device}, mode {c['mode']}"
         )
 
     # -- set-up ---------------------------------------------------------------------
@@ -170,9 +176,9 @@ class RestoreNode(Node):
             d = ParameterDescriptor(description=p.description, read_only=p.read_only, dynamic_typing=True)
             if p.choices:
                 d.additional_constraints = "one of: " + ", ".join(p.choices)
-            if p.type is int and (p.min is not None or p.max is not None):
+            if p.type is int and p.min is not None and p.max is not None:
                 d.integer_range = [IntegerRange(from_value=int(p.min), to_value=int(p.max), step=0)]
-            elif p.type is float and (p.min is not None or p.max is not None):
+            elif p.type is float and p.min is not None and p.max is not None:
                 d.floating_point_range = [FloatingPointRange(from_value=float(p.min), to_value=float(p.max), step=0.0)]
             try:
                 self.declare_parameter(p.name, p.default, d)
@@ -199,6 +205,12 @@ class RestoreNode(Node):
                 return SetParametersResult(successful=False, reason=why)
         return SetParametersResult(successful=True)
 
+    def _check_and_apply_parameters(self, changes: list[Any]) -> SetParametersResult:
+        result = self._check_parameters(changes)
+        if result.successful:
+            self._apply_parameters(changes)
+        return result
+
     def _apply_parameters(self, changes: list[Any]) -> None:
         for change in changes:
             self.cfg[change.name] = P.SPECS[change.name].type(change.value)
@@ -211,14 +223,14 @@ class RestoreNode(Node):
         now = time.monotonic()
         c = self.cfg
         if c["expected_frame_id"] and msg.header.frame_id != c["expected_frame_id"]:
-            return self._drop("wrong_frame_id", f"image frame_id {msg.header.frame_id!r} is not {c['expected_frame_id']!r}")
+            return self._drop(DropReason.WRONG_FRAME_ID, f"image frame_id {msg.header.frame_id!r} is not {c['expected_frame_id']!r}")
         try:
             image = image_from_msg(msg, c["max_image_pixels"])
         except ImageDecodeError as exc:
             return self._drop(exc.kind, f"image rejected: {exc}")
         stamp = stamp_to_ns(msg.header.stamp)
         if self._last_stamp_ns is not None and stamp <= self._last_stamp_ns:
-            kind = "duplicate_stamp" if stamp == self._last_stamp_ns else "stamp_backwards"
+            kind = DropReason.DUPLICATE_STAMP if stamp == self._last_stamp_ns else DropReason.STAMP_BACKWARDS
             return self._drop(kind, f"image stamp {stamp} ns is not after the previous {self._last_stamp_ns} ns")
         self._last_stamp_ns = stamp
         matched, evicted = self._sync.add(0, stamp, _Input(msg, image, stamp, now), now)
@@ -239,21 +251,21 @@ class RestoreNode(Node):
     def _on_pose(self, msg: Any) -> None:
         wf = self.cfg["world_frame"]
         if wf and msg.header.frame_id != wf:
-            return self._reject("pose_wrong_frame", f"pose frame_id {msg.header.frame_id!r} is not {wf!r}")
+            return self._reject(DropReason.POSE_WRONG_FRAME, f"pose frame_id {msg.header.frame_id!r} is not {wf!r}")
         try:
             pose = pose_from_msg(msg, self.cfg["pose_type"])
         except InputRejected as exc:
             return self._reject(exc.kind, str(exc))
         stamp = stamp_to_ns(msg.header.stamp)
         if not self._poses.add(stamp, pose):
-            return self._reject("pose_stamp_backwards", f"pose stamp {stamp} ns is not after {self._poses.latest_stamp_ns} ns")
+            return self._reject(DropReason.POSE_STAMP_BACKWARDS, f"pose stamp {stamp} ns is not after {self._poses.latest_stamp_ns} ns")
         self._release_awaiting_pose(time.monotonic())
 
     # -- association ------------------------------------------------------------------------
     def _handle_sync(self, matched: list[list[Any]], evicted: list[Any]) -> None:
         for ev in evicted:
             if ev.input_index == 0:
-                self._drop("no_camera_info", f"no camera_info within {self.cfg['sync_slop_s']} s of image stamp {ev.stamp_ns} ns")
+                self._drop(DropReason.NO_CAMERA_INFO, f"image stamp {ev.stamp_ns} ns: {self._unpaired_why(ev.why)}")
         for src, info in matched:
             self._associated(src, info)
 
@@ -265,7 +277,7 @@ class RestoreNode(Node):
         h, w = src.image.shape[:2]
         if (src.intrinsics.width, src.intrinsics.height) != (w, h):
             return self._drop(
-                "camera_info_mismatch",
+                DropReason.CAMERA_INFO_MISMATCH,
                 f"camera_info is for {src.intrinsics.width}x{src.intrinsics.height} but the image is {w}x{h}",
             )
         info.header = src.msg.header  # the output pair shares the image's header
@@ -296,11 +308,11 @@ class RestoreNode(Node):
         try:
             frame = Frame(src.image, src.stamp_ns, src.intrinsics, pose, src.depth, src.msg.header.frame_id, seq)
         except FrameError as exc:
-            return self._drop("bad_frame", f"frame rejected: {exc}")
+            return self._drop(DropReason.BAD_FRAME, f"frame rejected: {exc}")
         decision = self.pipeline.ingest(frame)
         self.stats.on_decision(decision.is_keyframe, decision.is_target)
         if self.cfg["mode"] == "keyframes" and not decision.is_keyframe:
-            return self._drop("not_keyframe", "", log=False)
+            return self._drop(DropReason.NOT_KEYFRAME, "", log=False)
         if not decision.is_target:
             return self.sequencer.add_ready(seq, _Output(src, src.msg, reason=decision.reason))
         budget = self.cfg["latency_budget_s"] if self.cfg["mode"] == "stream" else float("inf")
@@ -314,7 +326,7 @@ class RestoreNode(Node):
             return  # its original already went out (latency budget): spend the time on a fresh target
         if self._call_s is not None and time.monotonic() + self._call_s > job.deadline:
             # Would miss its budget anyway: release the stream now instead of at the deadline.
-            self.sequencer.resolve(job.seq, self._passed_through(job.src, "latency_budget"))
+            self.sequencer.resolve(job.seq, self._passed_through(job.src, PassReason.LATENCY_BUDGET))
             return
         outcome = self.pipeline.restore(job.decision)
         self.stats.on_restore_call(outcome.latency_s * 1e3, outcome.error)
@@ -332,13 +344,13 @@ class RestoreNode(Node):
         self.sequencer.resolve(job.seq, out)
 
     def _on_job_dropped(self, job: _Job) -> None:
-        self.sequencer.resolve(job.seq, self._passed_through(job.src, "queue_full"))
+        self.sequencer.resolve(job.seq, self._passed_through(job.src, PassReason.QUEUE_FULL))
 
     def _on_job_crash(self, job: _Job, exc: BaseException) -> None:
         # pipeline.restore never raises for backend failures; this is a bug path, kept alive.
         self.stats.on_restore_call(0.0, exc)
         self._log_throttled("worker_error", f"restoration crashed, publishing the original: {exc!r}", error=True)
-        self.sequencer.resolve(job.seq, self._passed_through(job.src, "backend_error"))
+        self.sequencer.resolve(job.seq, self._passed_through(job.src, PassReason.BACKEND_ERROR))
 
     def _passed_through(self, src: _Input, reason: str) -> _Output:
         """A target published as its original: KeyframeSet without views, reason given."""
@@ -346,7 +358,7 @@ class RestoreNode(Node):
             "target_stamp": src.stamp_ns,
             "backend": self._restorer.name,
             "device": str(self._restorer.device),
-            "outcome": KeyframeSet.OUTCOME_PASSED_THROUGH,
+            "outcome": Outcome.PASSED_THROUGH,
             "reason": reason,
         }
         return _Output(src, src.msg, target=True, restored=False, reason=reason, keyframe_set=fields)
@@ -363,7 +375,7 @@ class RestoreNode(Node):
             kfs.header = out.src.msg.header
             kfs.end_to_end_ms = float(e2e_ms)
             if not out.restored:
-                kfs.outcome, kfs.reason = KeyframeSet.OUTCOME_PASSED_THROUGH, out.reason
+                kfs.outcome, kfs.reason = Outcome.PASSED_THROUGH, out.reason
             self.pub_kfs.publish(kfs)
             self.stats.on_target_done(out.restored, out.reason, e2e_ms)
         self.stats.on_published()
@@ -374,6 +386,14 @@ class RestoreNode(Node):
         self._handle_sync([], self._sync.expire(now))
         self._release_awaiting_pose(now)
         self.sequencer.expire(now)
+
+    def _unpaired_why(self, why: str) -> str:
+        """Why the synchronizer gave up on an image (``Evicted.why``), naming the parameter that decided."""
+        c = self.cfg
+        match = f"a camera_info stamped within sync_slop_s={c['sync_slop_s']} s"
+        if why == "overflow":
+            return f"{c['sync_queue_size']} newer images arrived before {match} (sync_queue_size)"
+        return f"no {match} arrived within sync_timeout_s={c['sync_timeout_s']} s"
 
     def in_flight(self) -> int:
         """Images received and accepted so far but neither published nor dropped yet."""

@@ -16,13 +16,9 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable
 
-__all__ = ["OutputSequencer", "FallbackReason"]
+from ..core.reasons import PassReason
 
-
-class FallbackReason:
-    LATENCY_BUDGET = "latency_budget"
-    OUTPUT_FULL = "output_full"
-    SHUTDOWN = "shutdown"
+__all__ = ["OutputSequencer"]
 
 
 class _Slot:
@@ -38,7 +34,8 @@ class OutputSequencer:
     """In-order emission of items, some resolved later.
 
     ``fallback(reason)`` (given per pending slot) builds the item emitted when
-    the slot is not resolved in time; ``reason`` is a :class:`FallbackReason`.
+    the slot is not resolved in time; ``reason`` is a :class:`~sirdiff_ros.core.reasons.PassReason`
+    (``latency_budget``, ``output_full``, or what :meth:`flush` is given).
     """
 
     def __init__(self, emit: Callable[[Any], None], max_pending: int) -> None:
@@ -86,18 +83,18 @@ class OutputSequencer:
             n = 0
             for slot in self._slots.values():
                 if slot.fallback is not None and slot.deadline is not None and slot.deadline <= now:
-                    self._fall_back(slot, FallbackReason.LATENCY_BUDGET)
+                    self._fall_back(slot, PassReason.LATENCY_BUDGET)
                     n += 1
             self._drain()
             return n
 
-    def flush(self) -> int:
-        """Fall back all pending slots and emit everything (shutdown); returns how many fell back."""
+    def flush(self, reason: PassReason = PassReason.SHUTDOWN) -> int:
+        """Fall back all pending slots with ``reason`` and emit everything; returns how many fell back."""
         with self._lock:
             n = 0
             for slot in self._slots.values():
                 if slot.fallback is not None:
-                    self._fall_back(slot, FallbackReason.SHUTDOWN)
+                    self._fall_back(slot, reason)
                     n += 1
             self._drain()
             return n
@@ -112,12 +109,14 @@ class OutputSequencer:
             oldest = next((s for s in self._slots.values() if s.fallback is not None), None)
             if oldest is None:
                 break
-            self._fall_back(oldest, FallbackReason.OUTPUT_FULL)
+            self._fall_back(oldest, PassReason.OUTPUT_FULL)
             self._drain()
 
     @staticmethod
-    def _fall_back(slot: _Slot, reason: str) -> None:
-        slot.item, slot.fallback = slot.fallback(reason), None
+    def _fall_back(slot: _Slot, reason: PassReason) -> None:
+        fallback = slot.fallback
+        if fallback is not None:
+            slot.item, slot.fallback = fallback(reason), None
 
     def _drain(self) -> None:
         while self._slots:

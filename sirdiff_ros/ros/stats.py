@@ -16,15 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["NodeStats", "StatsSnapshot", "Level"]
+from ..core.reasons import Level, PassReason
 
-
-class Level:
-    """diagnostic_msgs/DiagnosticStatus levels."""
-
-    OK = 0
-    WARN = 1
-    ERROR = 2
+__all__ = ["NodeStats", "StatsSnapshot"]
 
 
 @dataclass
@@ -43,7 +37,7 @@ class StatsSnapshot:
     latency_ms: tuple[float, float, float]  # restore call p50/p90/p99
     end_to_end_ms: tuple[float, float, float]  # arrival -> publication of targets
     last_error: str
-    level: int
+    level: Level
     message: str
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -159,7 +153,7 @@ class NodeStats:
             dropped_total = sum(self.dropped.values())
             new_drops = dropped_total - self._drops_at_snapshot
             capacity = {k: v - self._passthrough_at_snapshot[k] for k, v in self.passthrough_reasons.items()}
-            overload = sum(v for k, v in capacity.items() if k in ("queue_full", "latency_budget", "output_full"))
+            overload = sum(v for k, v in capacity.items() if k in PassReason.overload())
             self._drops_at_snapshot = dropped_total
             self._passthrough_at_snapshot = Counter(self.passthrough_reasons)
             if self._backend_failing:

@@ -34,7 +34,9 @@ import numpy as np
 
 from ..alignment import AlignmentConfig, align_partners, soft_mask, warp_full
 from ..blur import local_sharpness, sharpness
+from ..device import resolve_device
 from ..frame import Frame
+from ..reasons import PassReason
 from .base import RestoredView, RestoreRequest, RestoreResult, register_restorer
 from .passthrough import check_request
 
@@ -65,9 +67,8 @@ class FusionRestorer:
     name = "fusion"
 
     def __init__(self, device: str = "cpu", config: FusionConfig | None = None, **overrides: Any) -> None:
-        if device != "cpu":
-            raise ValueError(f"the fusion backend runs on the CPU only, got device {device!r}")
-        self.device = device
+        self.device_choice = resolve_device(device, supported=("cpu",))  # DeviceError (a ValueError) otherwise
+        self.device = self.device_choice.device
         base = config or FusionConfig()
         if overrides:
             known = {f.name for f in fields(FusionConfig)}
@@ -96,7 +97,7 @@ class FusionRestorer:
             if j != ti and v.image.shape == img.shape and sharpness(v.image) > cfg.min_global_ratio * t_score
         ]
         if not partners:
-            return RestoredView(ti, img, False, "no_sharper_partner", {"partners_used": 0})
+            return RestoredView(ti, img, False, PassReason.NO_SHARPER_PARTNER, {"partners_used": 0})
         aligned, scale, extent, tg = align_partners(target, [p for _, p in partners], cfg)
         e_t = local_sharpness(tg, cfg.sharpness_sigma)
         weighted = []
@@ -138,7 +139,7 @@ class FusionRestorer:
             info["methods"][j] = method
             info["mean_weight"][j] = float(np.mean(wn))
         if info["partners_used"] == 0:
-            return RestoredView(ti, img, False, "no_trustworthy_partner", info)
+            return RestoredView(ti, img, False, PassReason.NO_TRUSTWORTHY_PARTNER, info)
         info["replaced_fraction"] = float(np.mean(np.minimum(wsum, 1.0)))
         keep = 1.0 - wtot
         result = acc + (keep[..., None] if tgt_f.ndim == 3 else keep) * tgt_f

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..reasons import PassReason
 from .base import RestoredView, RestoreRequest, RestoreResult, register_restorer
 
 __all__ = ["PassthroughRestorer", "check_request"]
@@ -23,12 +24,12 @@ class PassthroughRestorer:
     def __init__(self, device: str = "cpu", **options: Any) -> None:
         if options:
             raise ValueError(f"passthrough takes no options besides device, got {sorted(options)}")
-        self.device = device
+        self.device = "cpu" if device == "auto" else device  # restores nothing: any device will do
 
     def restore(self, request: RestoreRequest) -> RestoreResult:
         t0 = time.perf_counter()
         check_request(request)
-        views = [RestoredView(i, request.views[i].image, False, "passthrough") for i in request.targets]
+        views = [RestoredView(i, request.views[i].image, False, PassReason.PASSTHROUGH) for i in request.targets]
         return RestoreResult(views, self.name, self.device, time.perf_counter() - t0)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..device import DeviceError, resolve_device
 from ..frame import Frame
 from ..registration import REGISTRATION, registered_views
 from .base import RestoredView, RestorerError, RestoreRequest, RestoreResult, register_restorer
@@ -75,7 +76,7 @@ class SirDiffRestorer:
 
     Options: ``checkpoint`` (folder; default: the shipped weights), or ``sd21``
     (and optionally ``svd``) folders for an SD-2.1-initialised model;
-    ``device`` ('cpu', 'cuda', 'cuda:0'); ``steps`` (default from the
+    ``device`` ('cpu', 'cuda', 'cuda:0', 'mps' or 'auto': CUDA, then MPS, then the CPU); ``steps`` (default from the
     checkpoint); ``seed`` (noise seed, fixed per call: same input, same output);
     ``dtype`` ('auto', 'float32', 'float16', 'bfloat16');
     ``memory_budget_mb`` (tile/chunk to stay under it); ``tile_size`` (latent px).
@@ -90,13 +91,11 @@ class SirDiffRestorer:
                  **unknown: Any) -> None:
         if unknown:
             raise RestorerError(f"unknown option(s) for {self.name}: {', '.join(sorted(unknown))}")
-        import torch
-
-        device = str(device)
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RestorerError(f"device {device!r} requested but CUDA is not available")
-        if device != "cpu" and not device.startswith("cuda"):
-            raise RestorerError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        try:
+            self.device_choice = resolve_device(device)
+        except DeviceError as exc:
+            raise RestorerError(str(exc)) from exc
+        device = self.device_choice.device
         if steps is not None and int(steps) < 1:
             raise RestorerError(f"steps must be >= 1, got {steps}")
         self.device = device
@@ -132,10 +131,10 @@ class SirDiffRestorer:
         h, w = sets[0][0].shape[:2]
         m = self.pipe.size_multiple
         ph, pw = (-h) % m, (-w) % m
-        mode = "reflect" if ph < h and pw < w else "edge"
+        reflect = ph < h and pw < w  # reflection needs the pad to be smaller than the image
         batch = []
         for views in sets:
-            padded = [np.pad(v, ((0, ph), (0, pw), (0, 0)), mode=mode) for v in views]
+            padded = [np.pad(v, ((0, ph), (0, pw), (0, 0)), mode="reflect" if reflect else "edge") for v in views]
             batch.append(images_to_tensor(padded))  # (N, 3, H', W')
         x = torch.stack(batch)  # (B, N, 3, H', W')
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
