@@ -47,7 +47,7 @@ export PYTHONPATH := $(REPO)
 STAMPS := $(VENV)/.stamps
 MSG_FILES := $(wildcard $(REPO)/msg/*.msg)
 
-.PHONY: venv test lint demo bench lock clean distclean eval-model validate-model
+.PHONY: venv venv-slam test lint demo bench lock clean distclean eval-model validate-model
 
 venv: $(STAMPS)/editable
 
@@ -75,6 +75,13 @@ $(STAMPS)/msgs: $(STAMPS)/requirements $(MSG_FILES) $(REPO)/CMakeLists.txt $(REP
 # on sys.path and extends __path__ over the generated messages' directory.
 $(STAMPS)/editable: $(STAMPS)/msgs $(REPO)/setup.py
 	$(PIP) install --quiet --no-deps --no-build-isolation --config-settings editable_mode=compat -e $(REPO)
+	@touch $@
+
+# The optional extra sirdiff_ros[slam] (ORB-SLAM3 bindings, evo), exact pins.
+venv-slam: $(STAMPS)/slam
+
+$(STAMPS)/slam: $(REPO)/requirements/slam.txt $(STAMPS)/editable
+	$(PIP) install --quiet -r $(REPO)/requirements/slam.txt
 	@touch $@
 
 test: venv

@@ -46,6 +46,9 @@ setup(
         (f"share/{PACKAGE}/launch", _data("launch", "*.launch.py")),
         (f"share/{PACKAGE}/config", _data("config", "*.yaml") + _data("config", "*.xml")),
     ],
+    # ORB-SLAM3 (GPL-3.0 bindings) and evo: SLAM-in-the-loop evaluation and the ORB-SLAM3 node.
+    # Exact pins of the whole set: requirements/slam.txt.
+    extras_require={"slam": ["pyorbslam3==0.1.1", "evo==1.38.1"]},
     entry_points={
         "console_scripts": [
             "sirdiff-restore = sirdiff_ros.ros.restore_node:main",
@@ -55,6 +58,7 @@ setup(
             "sirdiff-synth = sirdiff_ros.data.cli:main",
             "sirdiff-eval = sirdiff_ros.evaluation.cli:main",
             "sirdiff-train = sirdiff_ros.training.cli:main",
+            "sirdiff-vocab = sirdiff_ros.slam.vocabulary:main",
         ]
     },
 )
