@@ -86,7 +86,7 @@ def test_vocabulary_words_and_idf_weights() -> None:
     common = rng.integers(0, 256, (1, 32), dtype=np.uint8)
     # Three "images": one descriptor everyone has, plus each image's own cluster.
     sets = []
-    for i in range(3):
+    for _ in range(3):
         centre = rng.integers(0, 256, (1, 32), dtype=np.uint8)
         own = np.repeat(centre, 20, axis=0)
         own[:, 0] ^= rng.integers(0, 2, 20, dtype=np.uint8)  # one bit of noise
