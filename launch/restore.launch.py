@@ -5,7 +5,10 @@
 
 Arguments: params_file (default: the installed config/restore.yaml),
 namespace, the input topics (remapped onto the node's relative names),
-pose_type, backend and device (empty: keep the params file's value). The same
+pose_type, backend, device, checkpoint, mode and input_transport (empty: keep
+the params file's value), use_sim_time (default false) and autostart (default
+true: the lifecycle node configures and activates itself; false: it waits for
+``ros2 lifecycle set /sirdiff_restore configure`` and ``activate``). The same
 configuration runs without launch as
 ``sirdiff-restore --ros-args --params-file config/restore.yaml``.
 """
@@ -19,7 +22,9 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 # Launch arguments that override a parameter only when given (non-empty).
-OVERRIDES = ("backend", "device", "checkpoint", "pose_type", "mode")
+OVERRIDES = ("backend", "device", "checkpoint", "pose_type", "mode", "input_transport")
+# Launch arguments for boolean parameters, always given.
+FLAGS = ("autostart", "use_sim_time")
 # Launch arguments remapped onto the node's relative topic names.
 REMAPS = ("image", "camera_info", "pose", "restored/image", "restored/camera_info", "keyframe_set")
 
@@ -27,6 +32,7 @@ REMAPS = ("image", "camera_info", "pose", "restored/image", "restored/camera_inf
 def _setup(context, *args, **kwargs):
     get = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
     overrides = {name: get(name) for name in OVERRIDES if get(name)}
+    overrides.update({name: get(name).strip().lower() in ("true", "1", "yes") for name in FLAGS})
     if get("depth"):
         overrides["depth_topic"] = get("depth")
     remappings = [(topic, get(_arg(topic))) for topic in REMAPS if get(_arg(topic))]
@@ -63,9 +69,12 @@ def generate_launch_description():
             DeclareLaunchArgument("keyframe_set", default_value="", description="KeyframeSet output topic."),
             DeclareLaunchArgument("pose_type", default_value="", description="pose_stamped or odometry (empty: params file)."),
             DeclareLaunchArgument("backend", default_value="", description="passthrough, fusion, sirdiff, sirdiff-single (empty: params file)."),
-            DeclareLaunchArgument("device", default_value="", description="cpu, cuda, cuda:N, auto (empty: params file)."),
+            DeclareLaunchArgument("device", default_value="", description="cpu, cuda, cuda:N, mps, auto (empty: params file)."),
             DeclareLaunchArgument("checkpoint", default_value="", description="Model checkpoint (empty: params file / shipped weights)."),
             DeclareLaunchArgument("mode", default_value="", description="stream or keyframes (empty: params file)."),
+            DeclareLaunchArgument("input_transport", default_value="", description="raw or compressed (image/compressed; empty: params file)."),
+            DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock (bag replay with sirdiff-play --clock)."),
+            DeclareLaunchArgument("autostart", default_value="true", description="Configure and activate the lifecycle node at start-up."),
             OpaqueFunction(function=_setup),
         ]
     )

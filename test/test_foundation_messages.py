@@ -90,6 +90,7 @@ CONTENT: dict[str, dict[str, Any]] = {
         "latency_ms_p99": 120.0,
         "queue_depth": 2,
         "queue_capacity": 4,
+        "time_jumps": 1,
         "last_error": "CUDA out of memory",
     },
 }

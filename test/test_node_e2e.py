@@ -158,6 +158,7 @@ def test_cpu_backends_do_not_import_torch() -> None:
         "ctx = Context(); rclpy.init(context=ctx)\n"
         "for b in ('passthrough', 'fusion'):\n"
         "    n = RestoreNode(context=ctx, parameter_overrides=[Parameter('backend', value=b)])\n"
+        "    assert n.trigger_configure().to_label() == 'transition_success' and n.trigger_activate().to_label() == 'transition_success'\n"
         "    n.close(); n.destroy_node()\n"
         "rclpy.shutdown(context=ctx)\n"
         "print('torch imported:', 'torch' in sys.modules)\n"

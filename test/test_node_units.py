@@ -305,6 +305,7 @@ def test_parameters_apply_without_post_set_callbacks(rclpy_context: Any) -> None
 
     node = HumbleNode(context=rclpy_context, parameter_overrides=[Parameter("backend", value="passthrough")])
     try:
+        node.trigger_configure()
         assert not hasattr(node, "add_post_set_parameters_callback")
         ok = node.set_parameters([Parameter("mode", value="keyframes"), Parameter("drop_policy", value="drop_newest")])
         assert all(r.successful for r in ok)

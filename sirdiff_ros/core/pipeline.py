@@ -234,6 +234,13 @@ class RestorationPipeline:
         self._count_lock = threading.Lock()
         self._counts: dict[str, int] = {}
 
+    def reset(self) -> None:
+        """Forget the keyframes and the previous pose (the stamps jumped back: a new
+        time line starts; partners and velocities from the old one would be wrong)."""
+        with self._lock:
+            self.buffer.clear()
+            self._prev_pose = None
+
     # -- ingest ------------------------------------------------------------------
     def ingest(self, frame: Frame) -> FrameDecision:
         """Score ``frame``, admit it as a keyframe or not, and gate it (thread-safe)."""

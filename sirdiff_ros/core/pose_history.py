@@ -49,6 +49,12 @@ class PoseHistory:
         with self._lock:
             return self._stamps[-1] if self._stamps else None
 
+    def clear(self) -> None:
+        """Forget every pose (the stamps jumped back: a new time line starts)."""
+        with self._lock:
+            self._stamps.clear()
+            self._poses.clear()
+
     def add(self, stamp_ns: int, pose: Pose) -> bool:
         """Append a pose; returns False (and keeps nothing) if ``stamp_ns`` is not newer than the last."""
         with self._lock:

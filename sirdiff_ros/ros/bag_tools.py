@@ -1,7 +1,8 @@
 """Play and record ROS 2 bags without ``ros2 bag`` (rosbags + rclpy).
 
-``sirdiff-play BAG [--rate R] [--topics T ...] [--loop]`` publishes a bag's
-messages with their original timing scaled by ``--rate``;
+``sirdiff-play BAG [--rate R] [--topics T ...] [--loop] [--clock]`` publishes a
+bag's messages with their original timing scaled by ``--rate`` (with ``--clock``
+also ``/clock`` at the bag's time, for nodes with ``use_sim_time``);
 ``sirdiff-record OUT --topics T ... [--duration S]`` subscribes and writes a
 bag. Messages are never converted: a ROS 2 bag stores the same CDR bytes
 rclpy publishes and receives (DESIGN.md), so the player publishes the raw
@@ -85,12 +86,15 @@ def play_bag(
     qos_depth: int = 100,
     stop: threading.Event | None = None,
     context: Context | None = None,
+    clock: bool = False,
 ) -> PlayResult:
     """Publish the bag's messages (all topics, or ``topics``) with bag timing / ``rate``.
 
     ``rate <= 0`` publishes as fast as possible. With ``wait_subscribers_s`` the
     player first waits (up to that long) until every topic has a subscriber,
     since messages published before matching are lost. ``stop`` ends playback.
+    With ``clock``, ``/clock`` carries the bag time of each message just before
+    it (``ros2 bag play --clock``): it jumps back at every ``loop``.
     """
     bag = Path(bag)
     stop = stop or threading.Event()
@@ -111,6 +115,12 @@ def play_bag(
                 if c.topic not in pubs:
                     pubs[c.topic] = node.create_publisher(message_class(c.msgtype), c.topic, _qos(reliability, qos_depth))
                     result.published[c.topic] = 0
+            clock_pub = None
+            if clock:
+                from rosgraph_msgs.msg import Clock
+
+                clock_pub = node.create_publisher(Clock, "/clock", _qos("reliable", 10))
+                clock_msg = Clock()
             deadline = time.monotonic() + wait_subscribers_s
             while time.monotonic() < deadline and not stop.is_set():
                 if all(p.get_subscription_count() > 0 for p in pubs.values()):
@@ -131,6 +141,9 @@ def play_bag(
                         delay = t0_wall + (stamp_ns - t0_bag) / 1e9 / rate - time.monotonic()
                         if delay > 0 and stop.wait(delay):
                             break
+                    if clock_pub is not None:
+                        clock_msg.clock.sec, clock_msg.clock.nanosec = divmod(stamp_ns, 1_000_000_000)
+                        clock_pub.publish(clock_msg)
                     pubs[conn.topic].publish(bytes(raw))
                     result.published[conn.topic] += 1
                 if not loop:
@@ -238,6 +251,7 @@ def play_main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=1.0, help="time scale (2 = twice as fast; 0 = as fast as possible)")
     ap.add_argument("--topics", nargs="+", default=None, help="only these topics (default: all)")
     ap.add_argument("--loop", action="store_true", help="replay until interrupted")
+    ap.add_argument("--clock", action="store_true", help="publish /clock with the bag's time (for use_sim_time)")
     ap.add_argument("--wait-subscribers", type=float, default=0.0, metavar="S", help="wait up to S s for a subscriber on every topic first")
     ap.add_argument("--reliability", choices=("reliable", "best_effort"), default="reliable")
     ap.add_argument("--qos-depth", type=int, default=100)
@@ -245,7 +259,8 @@ def play_main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
-        res = play_bag(args.bag, args.rate, args.topics, args.loop, args.wait_subscribers, args.reliability, args.qos_depth, stop)
+        res = play_bag(args.bag, args.rate, args.topics, args.loop, args.wait_subscribers, args.reliability, args.qos_depth, stop,
+                       clock=args.clock)
     except (ValueError, FileNotFoundError) as exc:
         print(f"sirdiff-play: {exc}", file=sys.stderr)
         return 2

@@ -44,8 +44,10 @@ _KF = KeyframeConfig()
 _PC = PipelineConfig()
 
 PARAMS: tuple[ParamSpec, ...] = (
+    # -- lifecycle ---------------------------------------------------------------
+    ParamSpec("autostart", True, "Configure and activate at start-up; false: wait in 'unconfigured' for lifecycle transitions (ros2 lifecycle set NODE configure).", group="lifecycle"),
     # -- topics (relative names resolve in the node's namespace) ---------------
-    ParamSpec("image_topic", "image", "Input camera image (sensor_msgs/Image).", group="topics"),
+    ParamSpec("image_topic", "image", "Input camera image (sensor_msgs/Image); compressed input is read from its '/compressed' subtopic.", group="topics"),
     ParamSpec("camera_info_topic", "camera_info", "Input camera calibration (sensor_msgs/CameraInfo).", group="topics"),
     ParamSpec("pose_topic", "pose", "Input camera pose T_world_cam from the SLAM stack.", group="topics"),
     ParamSpec("depth_topic", "", "Optional metric depth image (32FC1 m or 16UC1 mm); empty: no depth.", group="topics"),
@@ -54,6 +56,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("keyframe_set_topic", "keyframe_set", "One sirdiff_ros/KeyframeSet per restoration target.", group="topics"),
     ParamSpec("status_topic", "status", "Periodic sirdiff_ros/RestoreStatus counters.", group="topics"),
     # -- inputs ------------------------------------------------------------------
+    ParamSpec("input_transport", "raw", "raw: sensor_msgs/Image on image_topic; compressed: sensor_msgs/CompressedImage (JPEG or PNG) on image_topic + '/compressed', decoded off the executor thread. The output is a raw Image either way.", choices=("raw", "compressed"), group="inputs"),
+    ParamSpec("time_jump_threshold_s", 0.5, "An input stamp this much earlier than the previous one on its topic (bag replayed with --loop, restarted driver, /clock reset) resets association, pose history, keyframes and output order; smaller steps back are dropped as stamp_backwards. Seconds.", min=0.001, max=1e6, group="inputs"),
     ParamSpec("pose_type", "pose_stamped", "Message type on pose_topic.", choices=("pose_stamped", "odometry"), group="inputs"),
     ParamSpec("world_frame", "", "Required header.frame_id of pose messages; empty: accept any.", group="inputs"),
     ParamSpec("expected_frame_id", "", "Required header.frame_id of images; empty: accept any.", group="inputs"),

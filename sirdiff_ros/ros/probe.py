@@ -28,7 +28,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from .convert import stamp_to_ns
 
-__all__ = ["NodeProcess", "Probe", "Received"]
+__all__ = ["LifecycleClient", "NodeProcess", "Probe", "Received"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -198,6 +198,39 @@ class Probe:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class LifecycleClient:
+    """A node's lifecycle services, called from a :class:`Probe` (what ``ros2 lifecycle get/set`` does)."""
+
+    def __init__(self, probe: Probe, node: str, timeout_s: float = 60.0) -> None:
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self.probe = probe
+        self.timeout_s = timeout_s
+        self._change: Any = probe.node.create_client(ChangeState, f"{node}/change_state")
+        self._get: Any = probe.node.create_client(GetState, f"{node}/get_state")
+
+    def _call(self, client: Any, request: Any) -> Any:
+        if not client.wait_for_service(self.timeout_s):
+            raise TimeoutError(f"no service {client.srv_name}")
+        future = client.call_async(request)
+        if not self.probe.wait_for(future.done, self.timeout_s):
+            raise TimeoutError(f"no answer from {client.srv_name}")
+        return future.result()
+
+    def state(self) -> str:
+        """The current state's label: unconfigured, inactive, active, finalized."""
+        from lifecycle_msgs.srv import GetState
+
+        return str(self._call(self._get, GetState.Request()).current_state.label)
+
+    def set(self, transition_id: int) -> bool:
+        """Request a transition (``lifecycle_msgs/Transition.TRANSITION_*``); True if it succeeded."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        return bool(self._call(self._change, ChangeState.Request(transition=Transition(id=transition_id))).success)
 
 
 def target_rich_frames(n: int, width: int, height: int, seed: int = 3, blur_every: int = 3, blur_px: int = 15) -> list[Any]:

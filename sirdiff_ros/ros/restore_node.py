@@ -1,6 +1,8 @@
 """The restore node: subscribe, associate, restore on a worker, republish for SLAM.
 
-Data path (one direction)::
+A lifecycle (managed) node: the backend and its weights are loaded on
+``configure``, inputs are subscribed only while ``active``, and ``cleanup``
+releases the model (and its GPU memory). Data path (one direction)::
 
   image ──┐ decode + checks        approximate-time pairing       pose at the
   info ───┼──────────────────────> (image, camera_info[, depth]) ─> image stamp ─┐
@@ -12,6 +14,13 @@ Data path (one direction)::
           v                                                         │ restored, or the original
    RestoreWorker (bounded queue, drop policy) ── pipeline.restore ──┘ after the latency budget
 
+Compressed input (``input_transport: compressed``) is decoded on a decoder
+thread, in arrival order, and republished as a raw Image. Input stamps that
+jump back by more than ``time_jump_threshold_s`` on any topic (a bag replayed
+with ``--loop``, a restarted driver) end the current time line: everything in
+flight is published or counted, then association, pose history, keyframes and
+output order start afresh.
+
 Every received image ends published or counted in ``drops`` by reason
 (``received == published + dropped + in_flight``). Restoration is
 :mod:`sirdiff_ros.core.pipeline`; this module is the rclpy layer only.
@@ -19,7 +28,9 @@ Every received image ends published or counted in ``drops`` by reason
 
 from __future__ import annotations
 
+import gc
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -30,13 +41,14 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..core.frame import Frame, FrameError
-from ..core.image_codec import ImageDecodeError
+from ..core.image_codec import ImageDecodeError, decode_compressed, encode_image
 from ..core.pipeline import RestorationPipeline
 from ..core.reasons import DropReason, Outcome, PassReason
 from ..core.restorers import create_restorer
@@ -61,6 +73,7 @@ from .worker import RestoreWorker
 __all__ = ["RestoreNode", "StartupError", "main"]
 
 _HOUSEKEEPING_PERIOD_S = 0.05  # deadline checks: bounds the latency-budget overrun, keeps the executor quiet
+_DRAIN_TIMEOUT_S = 5.0  # deactivate/cleanup: longest wait for a running restoration or decode
 
 
 class StartupError(RuntimeError):
@@ -93,6 +106,14 @@ class _Output:
 
 
 @dataclass
+class _Compressed:
+    """A CompressedImage waiting for the decoder thread."""
+
+    msg: Any
+    arrival: float
+
+
+@dataclass
 class _Job:
     seq: int
     src: _Input
@@ -100,8 +121,26 @@ class _Job:
     deadline: float  # time.monotonic() after which its original is published instead
 
 
-class RestoreNode(Node):
-    """See the module docstring; parameters in :mod:`sirdiff_ros.ros.params`."""
+class RestoreNode(LifecycleNode):
+    """A managed (lifecycle) node; see the module docstring. Parameters: :mod:`sirdiff_ros.ros.params`.
+
+    * constructed (``unconfigured``): parameters declared and checked;
+    * ``configure``: the backend is created (model weights loaded), publishers made;
+    * ``activate``: subscriptions made, images flow;
+    * ``deactivate``: subscriptions removed, every image in flight published
+      (targets as their originals, reason ``shutdown``) or counted;
+    * ``cleanup``: the backend released (GPU memory returned), back to ``unconfigured``.
+
+    With ``autostart`` (default) :func:`main` configures and activates at once.
+    """
+
+    # Association state of the current time line (see _reset_association).
+    _sync: ApproxTimeSync
+    _poses: PoseHistory
+    _awaiting_pose: deque[_Input]
+    _depths: deque[tuple[int, Any]]
+    _last_stamp_ns: int | None
+    _newest: dict[str, int]  # newest stamp per input topic
 
     def __init__(self, node_name: str = P.NODE_NAME, *, context: Any = None, **kwargs: Any) -> None:
         super().__init__(node_name, context=context, **kwargs)
@@ -112,61 +151,145 @@ class RestoreNode(Node):
             if why:
                 raise StartupError(f"invalid parameter: {why}")
             self.cfg[name] = P.SPECS[name].type(value)  # int -> float where declared float
-        self.stats = NodeStats()
-        self._last_log: dict[str, float] = {}
         try:
-            config = P.pipeline_config(self.cfg)
+            self._config = P.pipeline_config(self.cfg)
         except ValueError as exc:
             raise StartupError(f"invalid parameters: {exc}") from exc
-        self._restorer = self._create_backend()
-        self.pipeline = RestorationPipeline(config, self._restorer)
-
-        c = self.cfg
-        self._sync = ApproxTimeSync(2, c["sync_queue_size"], int(c["sync_slop_s"] * 1e9), c["sync_timeout_s"])
-        self._poses = PoseHistory(c["pose_history_size"], int(c["pose_extrapolation_s"] * 1e9))
-        self._awaiting_pose: deque[_Input] = deque()
-        self._depths: deque[tuple[int, Any]] = deque(maxlen=c["sync_queue_size"])
-        self._last_stamp_ns: int | None = None
-        self._seq = 0
+        self.stats = NodeStats()
+        self.startup_error: StartupError | None = None  # why the last configure failed
+        self._last_log: dict[str, float] = {}
+        # The association state is shared by the executor thread and the compressed-image
+        # decoder thread: every change to it happens under this lock.
+        self._lock = threading.RLock()
         self._closed = False
+        self._restorer: Any = None
+        self.pipeline: RestorationPipeline | None = None
+        self.worker: RestoreWorker[_Job] | None = None
+        self._decoder: RestoreWorker[_Compressed] | None = None
+        self._input_subs: list[Any] = []
+        self._active_timers: list[Any] = []
         self._call_s: float | None = None  # smoothed duration of successful restore calls
-        self.sequencer = OutputSequencer(self._emit, c["max_pending_output"])
-        self.worker: RestoreWorker[_Job] = RestoreWorker(
-            self._run_job, c["queue_size"], c["drop_policy"], self._on_job_dropped, self._on_job_crash
-        )
-
-        in_qos = QoSProfile(
-            depth=c["qos_depth"],
-            history=HistoryPolicy.KEEP_LAST,
-            reliability=ReliabilityPolicy.BEST_EFFORT if c["qos_reliability"] == "best_effort" else ReliabilityPolicy.RELIABLE,
-        )
-        out_qos = QoSProfile(depth=c["output_qos_depth"], history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-        self.pub_image = self.create_publisher(Image, c["output_image_topic"], out_qos)
-        self.pub_info = self.create_publisher(CameraInfo, c["output_camera_info_topic"], out_qos)
-        self.pub_kfs = self.create_publisher(KeyframeSet, c["keyframe_set_topic"], out_qos)
-        self.pub_status = self.create_publisher(RestoreStatus, c["status_topic"], 10)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-
-        self.create_subscription(Image, c["image_topic"], self._on_image, in_qos)
-        self.create_subscription(CameraInfo, c["camera_info_topic"], self._on_camera_info, in_qos)
-        pose_cls = PoseStamped if c["pose_type"] == "pose_stamped" else Odometry
-        self.create_subscription(pose_cls, c["pose_topic"], self._on_pose, in_qos)
-        if c["depth_topic"]:
-            self.create_subscription(Image, c["depth_topic"], self._on_depth, in_qos)
-
+        self._seq = 0
+        self.sequencer = OutputSequencer(self._emit, self.cfg["max_pending_output"])
+        self._reset_association()
         if hasattr(self, "add_post_set_parameters_callback"):  # rclpy of Iron and later
             self.add_on_set_parameters_callback(self._check_parameters)
             self.add_post_set_parameters_callback(self._apply_parameters)
         else:  # Humble's rclpy: apply from the check callback once every change is valid
             self.add_on_set_parameters_callback(self._check_and_apply_parameters)
-        self.create_timer(_HOUSEKEEPING_PERIOD_S, self._housekeeping)
-        self.create_timer(c["diagnostics_period_s"], self._publish_diagnostics)
+
+    @property
+    def autostart(self) -> bool:
+        return bool(self.cfg["autostart"])
+
+    # -- lifecycle transitions (executor thread) ----------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        c = self.cfg
+        try:
+            self._restorer = self._create_backend()
+        except StartupError as exc:
+            self.startup_error = exc
+            self.get_logger().error(str(exc))
+            return TransitionCallbackReturn.FAILURE
+        self.startup_error = None
+        self.pipeline = RestorationPipeline(self._config, self._restorer)
+        self._reset_association()
+        self.worker = RestoreWorker(self._run_job, c["queue_size"], c["drop_policy"], self._on_job_dropped, self._on_job_crash)
+        if c["input_transport"] == "compressed":
+            # Decoding a VGA JPEG takes milliseconds: off the executor thread, one thread keeps the order.
+            self._decoder = RestoreWorker(self._decode, 2 * c["qos_depth"], "drop_oldest", self._on_decode_dropped,
+                                          self._on_decode_crash, name="sirdiff-decoder")
+        out_qos = QoSProfile(depth=c["output_qos_depth"], history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_image = self.create_lifecycle_publisher(Image, c["output_image_topic"], out_qos)
+        self.pub_info = self.create_lifecycle_publisher(CameraInfo, c["output_camera_info_topic"], out_qos)
+        self.pub_kfs = self.create_lifecycle_publisher(KeyframeSet, c["keyframe_set_topic"], out_qos)
+        self.pub_status = self.create_lifecycle_publisher(RestoreStatus, c["status_topic"], 10)
+        self.pub_diag = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
         choice = getattr(self._restorer, "device_choice", None)
         device = choice.describe() if choice is not None else f"device {self._restorer.device}"
-        self.get_logger().info(
-            f"restoring {self.resolve_topic_name(c['image_topic'])} -> {self.resolve_topic_name(c['output_image_topic'])} "
-            f"with backend {self._restorer.name!r} on {device}, mode {c['mode']}"
+        self.get_logger().info(f"configured: backend {self._restorer.name!r} on {device}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        c = self.cfg
+        in_qos = QoSProfile(
+            depth=c["qos_depth"],
+            history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.BEST_EFFORT if c["qos_reliability"] == "best_effort" else ReliabilityPolicy.RELIABLE,
         )
+        image_topic = self.resolve_topic_name(c["image_topic"])
+        if c["input_transport"] == "compressed":
+            # image_transport's naming: the compressed stream of `image` is `image/compressed`,
+            # after remapping of the base name.
+            image_topic += "/compressed"
+            subs = [self.create_subscription(CompressedImage, image_topic, self._on_compressed, in_qos)]
+        else:
+            subs = [self.create_subscription(Image, image_topic, self._on_image, in_qos)]
+        subs.append(self.create_subscription(CameraInfo, c["camera_info_topic"], self._on_camera_info, in_qos))
+        pose_cls = PoseStamped if c["pose_type"] == "pose_stamped" else Odometry
+        subs.append(self.create_subscription(pose_cls, c["pose_topic"], self._on_pose, in_qos))
+        if c["depth_topic"]:
+            subs.append(self.create_subscription(Image, c["depth_topic"], self._on_depth, in_qos))
+        self._input_subs = subs
+        # Steady-clock timers: deadlines are wall time, and with use_sim_time a paused or
+        # rewound /clock must not stop them.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._active_timers = [
+            self.create_timer(_HOUSEKEEPING_PERIOD_S, self._housekeeping, clock=steady),
+            self.create_timer(c["diagnostics_period_s"], self._publish_diagnostics, clock=steady),
+        ]
+        self.get_logger().info(
+            f"active: restoring {image_topic} -> {self.resolve_topic_name(c['output_image_topic'])} "
+            f"with backend {self._restorer.name!r} on {self._restorer.device}, mode {c['mode']}"
+        )
+        return super().on_activate(state)  # activates the lifecycle publishers
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._finish_in_flight(PassReason.SHUTDOWN, DropReason.DEACTIVATED)
+        self._publish_diagnostics()  # the final counts, while the publishers are still active
+        self.get_logger().info(f"inactive: {self._totals()}")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info("unconfigured: backend released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if state.label == "active":
+            self._stop_inputs()
+            self._finish_in_flight(PassReason.SHUTDOWN, DropReason.DEACTIVATED)
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS  # back to unconfigured: configure may be tried again
+
+    def _stop_inputs(self) -> None:
+        for sub in self._input_subs:
+            self.destroy_subscription(sub)
+        for timer in self._active_timers:
+            self.destroy_timer(timer)
+        self._input_subs, self._active_timers = [], []
+        if self._decoder is not None:
+            self._decoder.wait_idle(_DRAIN_TIMEOUT_S)  # received images still being decoded go on
+
+    def _release(self) -> None:
+        """Stop the threads and drop the backend, its weights and the publishers."""
+        for worker in (self.worker, self._decoder):
+            if worker is not None:
+                worker.stop(_DRAIN_TIMEOUT_S)
+        self.worker = self._decoder = None
+        for name in ("pub_image", "pub_info", "pub_kfs", "pub_status", "pub_diag"):
+            pub = self.__dict__.pop(name, None)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        self.pipeline = None
+        self._restorer = None
+        release_memory()
 
     # -- set-up ---------------------------------------------------------------------
     def _declare_parameters(self) -> None:
@@ -214,39 +337,72 @@ class RestoreNode(Node):
     def _apply_parameters(self, changes: list[Any]) -> None:
         for change in changes:
             self.cfg[change.name] = P.SPECS[change.name].type(change.value)
-            if change.name == "drop_policy":
+            if change.name == "drop_policy" and self.worker is not None:
                 self.worker.policy = change.value
 
-    # -- inputs (executor thread) -------------------------------------------------------
+    # -- inputs (executor thread; compressed images: decoder thread) ---------------------
     def _on_image(self, msg: Image) -> None:
         self.stats.on_received()
         now = time.monotonic()
+        try:
+            image = image_from_msg(msg, self.cfg["max_image_pixels"])
+        except ImageDecodeError as exc:
+            return self._drop(exc.kind, f"image rejected: {exc}")
+        self._accept_image(msg, image, now)
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self.stats.on_received()
+        if self._decoder is not None:
+            self._decoder.submit(_Compressed(msg, time.monotonic()))
+
+    def _decode(self, item: _Compressed) -> None:
+        msg = item.msg
+        try:
+            image = decode_compressed(msg.data, msg.format, self.cfg["max_image_pixels"])
+        except ImageDecodeError as exc:
+            return self._drop(exc.kind, f"compressed image rejected: {exc}")
+        raw = Image(header=msg.header, height=image.shape[0], width=image.shape[1], encoding="rgb8" if image.ndim == 3 else "mono8")
+        raw.step, raw.data = encode_image(image, raw.encoding)
+        self._accept_image(raw, image, item.arrival)
+
+    def _on_decode_dropped(self, item: _Compressed) -> None:
+        self._drop(DropReason.DECODE_BACKLOG, f"decoder queue full ({2 * self.cfg['qos_depth']} images, 2 x qos_depth)")
+
+    def _on_decode_crash(self, item: _Compressed, exc: BaseException) -> None:
+        self._drop(DropReason.BAD_COMPRESSED, f"decoding crashed: {exc!r}")
+
+    def _accept_image(self, msg: Image, image: Any, arrival: float) -> None:
+        """A decoded image (raw Image message with its array) enters association."""
         c = self.cfg
         if c["expected_frame_id"] and msg.header.frame_id != c["expected_frame_id"]:
             return self._drop(DropReason.WRONG_FRAME_ID, f"image frame_id {msg.header.frame_id!r} is not {c['expected_frame_id']!r}")
-        try:
-            image = image_from_msg(msg, c["max_image_pixels"])
-        except ImageDecodeError as exc:
-            return self._drop(exc.kind, f"image rejected: {exc}")
         stamp = stamp_to_ns(msg.header.stamp)
-        if self._last_stamp_ns is not None and stamp <= self._last_stamp_ns:
-            kind = DropReason.DUPLICATE_STAMP if stamp == self._last_stamp_ns else DropReason.STAMP_BACKWARDS
-            return self._drop(kind, f"image stamp {stamp} ns is not after the previous {self._last_stamp_ns} ns")
-        self._last_stamp_ns = stamp
-        matched, evicted = self._sync.add(0, stamp, _Input(msg, image, stamp, now), now)
-        self._handle_sync(matched, evicted)
+        with self._lock:
+            self._check_time_jump("image", stamp)
+            if self._last_stamp_ns is not None and stamp <= self._last_stamp_ns:
+                kind = DropReason.DUPLICATE_STAMP if stamp == self._last_stamp_ns else DropReason.STAMP_BACKWARDS
+                return self._drop(kind, f"image stamp {stamp} ns is not after the previous {self._last_stamp_ns} ns")
+            self._last_stamp_ns = stamp
+            matched, evicted = self._sync.add(0, stamp, _Input(msg, image, stamp, arrival), arrival)
+            self._handle_sync(matched, evicted)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         now = time.monotonic()
-        matched, evicted = self._sync.add(1, stamp_to_ns(msg.header.stamp), msg, now)
-        self._handle_sync(matched, evicted)
+        stamp = stamp_to_ns(msg.header.stamp)
+        with self._lock:
+            self._check_time_jump("camera_info", stamp)
+            matched, evicted = self._sync.add(1, stamp, msg, now)
+            self._handle_sync(matched, evicted)
 
     def _on_depth(self, msg: Image) -> None:
         try:
             depth = depth_from_msg(msg, self.cfg["max_image_pixels"])
         except ImageDecodeError as exc:
             return self._reject(f"depth_{exc.kind}", f"depth image rejected: {exc}")
-        self._depths.append((stamp_to_ns(msg.header.stamp), depth))
+        stamp = stamp_to_ns(msg.header.stamp)
+        with self._lock:
+            self._check_time_jump("depth", stamp)
+            self._depths.append((stamp, depth))
 
     def _on_pose(self, msg: Any) -> None:
         wf = self.cfg["world_frame"]
@@ -257,11 +413,60 @@ class RestoreNode(Node):
         except InputRejected as exc:
             return self._reject(exc.kind, str(exc))
         stamp = stamp_to_ns(msg.header.stamp)
-        if not self._poses.add(stamp, pose):
-            return self._reject(DropReason.POSE_STAMP_BACKWARDS, f"pose stamp {stamp} ns is not after {self._poses.latest_stamp_ns} ns")
-        self._release_awaiting_pose(time.monotonic())
+        with self._lock:
+            self._check_time_jump("pose", stamp)
+            if not self._poses.add(stamp, pose):
+                return self._reject(DropReason.POSE_STAMP_BACKWARDS, f"pose stamp {stamp} ns is not after {self._poses.latest_stamp_ns} ns")
+            self._release_awaiting_pose(time.monotonic())
 
-    # -- association ------------------------------------------------------------------------
+    # -- time jumps (lock held) -------------------------------------------------------------
+    def _check_time_jump(self, topic: str, stamp_ns: int) -> None:
+        """Start a new time line when ``topic``'s stamps jump back by more than the threshold."""
+        last = self._newest.get(topic)
+        self._newest[topic] = stamp_ns if last is None else max(last, stamp_ns)
+        if last is None or last - stamp_ns <= int(self.cfg["time_jump_threshold_s"] * 1e9):
+            return
+        self.stats.on_time_jump()
+        self.get_logger().warning(
+            f"time jumped back by {(last - stamp_ns) / 1e9:.3f} s on {topic} (bag loop, driver restart or /clock reset): "
+            f"association, pose history, keyframes and output order reset [{self.stats.time_jumps} so far]"
+        )
+        self._finish_in_flight(PassReason.TIME_JUMP, DropReason.TIME_JUMP)
+        if self.pipeline is not None:
+            self.pipeline.reset()
+        self._reset_association()
+        self._newest[topic] = stamp_ns
+
+    def _reset_association(self) -> None:
+        c = self.cfg
+        self._sync = ApproxTimeSync(2, c["sync_queue_size"], int(c["sync_slop_s"] * 1e9), c["sync_timeout_s"])
+        self._poses = PoseHistory(c["pose_history_size"], int(c["pose_extrapolation_s"] * 1e9))
+        self._awaiting_pose = deque()
+        self._depths = deque(maxlen=c["sync_queue_size"])
+        self._last_stamp_ns = None
+        self._newest = {}
+
+    def _finish_in_flight(self, target_reason: PassReason, unpaired_reason: DropReason) -> None:
+        """Publish or count every image in flight: a time line ends (time jump, deactivation).
+
+        Images waiting for camera_info are dropped (``unpaired_reason``); images waiting
+        for a pose are admitted with what the history has; targets not yet started are
+        published as originals (``target_reason``); the running one may finish.
+        """
+        with self._lock:
+            for ev in self._sync.flush():
+                if ev.input_index == 0:
+                    self._drop(unpaired_reason, f"image stamp {ev.stamp_ns} ns had no camera_info yet")
+            self._release_awaiting_pose(time.monotonic(), final=True)
+            if self.worker is not None:
+                for job in self.worker.take_pending():
+                    self.sequencer.resolve(job.seq, self._passed_through(job.src, target_reason))
+                if target_reason is PassReason.SHUTDOWN:
+                    self.worker.wait_idle(_DRAIN_TIMEOUT_S)
+            if self.pipeline is not None:
+                self.sequencer.flush(target_reason)
+
+    # -- association (lock held) ---------------------------------------------------------
     def _handle_sync(self, matched: list[list[Any]], evicted: list[Any]) -> None:
         for ev in evicted:
             if ev.input_index == 0:
@@ -290,19 +495,20 @@ class RestoreNode(Node):
         self._awaiting_pose.append(src)
         self._release_awaiting_pose(time.monotonic())
 
-    def _release_awaiting_pose(self, now: float) -> None:
+    def _release_awaiting_pose(self, now: float, final: bool = False) -> None:
         """Admit images, in order, once their pose is known or their wait is over."""
         wait = self.cfg["pose_wait_s"]
         while self._awaiting_pose:
             src = self._awaiting_pose[0]
-            final = now - src.arrival >= wait or len(self._awaiting_pose) > self.cfg["max_pending_output"]
-            pose = self._poses.lookup(src.stamp_ns, final=final)
+            last_chance = final or now - src.arrival >= wait or len(self._awaiting_pose) > self.cfg["max_pending_output"]
+            pose = self._poses.lookup(src.stamp_ns, final=last_chance)
             if pose is PoseLookup.PENDING:
                 return
             self._awaiting_pose.popleft()
             self._admit(src, None if isinstance(pose, PoseLookup) else pose)
 
     def _admit(self, src: _Input, pose: Any) -> None:
+        assert self.pipeline is not None and self.worker is not None  # images flow only while configured
         seq = self._seq
         self._seq += 1
         try:
@@ -322,13 +528,14 @@ class RestoreNode(Node):
 
     # -- restoration (worker thread) --------------------------------------------------------
     def _run_job(self, job: _Job) -> None:
-        if not self.sequencer.is_pending(job.seq):
-            return  # its original already went out (latency budget): spend the time on a fresh target
+        pipeline, worker = self.pipeline, self.worker
+        if pipeline is None or worker is None or not self.sequencer.is_pending(job.seq):
+            return  # its original already went out (latency budget, time jump): spend the time on a fresh target
         if self._call_s is not None and time.monotonic() + self._call_s > job.deadline:
             # Would miss its budget anyway: release the stream now instead of at the deadline.
             self.sequencer.resolve(job.seq, self._passed_through(job.src, PassReason.LATENCY_BUDGET))
             return
-        outcome = self.pipeline.restore(job.decision)
+        outcome = pipeline.restore(job.decision)
         self.stats.on_restore_call(outcome.latency_s * 1e3, outcome.error)
         if outcome.error is None:
             # Smoothed restore-call time, for the check above.
@@ -336,7 +543,7 @@ class RestoreNode(Node):
             self._call_s = s if self._call_s is None else 0.8 * self._call_s + 0.2 * s
         if outcome.error is not None:
             self._log_throttled("backend_error", f"backend failed, publishing the original: {outcome.error!r}", error=True)
-        if self.worker.stopping:
+        if worker.stopping:
             return
         msg = output_image_msg(job.src.msg, outcome.image) if outcome.restored else job.src.msg
         out = _Output(job.src, msg, target=True, restored=outcome.restored, reason=outcome.reason)
@@ -383,8 +590,9 @@ class RestoreNode(Node):
     # -- housekeeping, counting, logging --------------------------------------------------------
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        self._handle_sync([], self._sync.expire(now))
-        self._release_awaiting_pose(now)
+        with self._lock:
+            self._handle_sync([], self._sync.expire(now))
+            self._release_awaiting_pose(now)
         self.sequencer.expire(now)
 
     def _unpaired_why(self, why: str) -> str:
@@ -397,7 +605,9 @@ class RestoreNode(Node):
 
     def in_flight(self) -> int:
         """Images received and accepted so far but neither published nor dropped yet."""
-        return self._sync.pending(0) + len(self._awaiting_pose) + len(self.sequencer)
+        decoding = 0 if self._decoder is None else self._decoder.depth + int(self._decoder.busy)
+        with self._lock:
+            return decoding + self._sync.pending(0) + len(self._awaiting_pose) + len(self.sequencer)
 
     def _drop(self, reason: str, why: str, log: bool = True) -> None:
         self.stats.on_dropped(reason)
@@ -420,13 +630,16 @@ class RestoreNode(Node):
         (self.get_logger().error if error else self.get_logger().warning)(line)
 
     def snapshot(self) -> StatsSnapshot:
-        depth = self.worker.depth
-        problem = "worker queue full" if depth >= self.worker.capacity else ""
+        worker = self.worker
+        depth = worker.depth if worker is not None else 0
+        problem = "worker queue full" if worker is not None and depth >= worker.capacity else ""
         snap = self.stats.snapshot(problem)
         snap.extra = {"in_flight": str(self.in_flight()), "queue_depth": str(depth)}
         return snap
 
     def _publish_diagnostics(self) -> None:
+        if self._restorer is None or self.worker is None:
+            return
         snap = self.snapshot()
         now_msg = self.get_clock().now().to_msg()
         st = RestoreStatus()
@@ -436,11 +649,12 @@ class RestoreNode(Node):
         st.images_passed_through, st.keyframes, st.restoration_targets = snap.passed_through, snap.keyframes, snap.targets
         st.in_flight = int(snap.extra["in_flight"])
         st.dropped_total = snap.dropped_total
-        st.drop_reasons = list(snap.dropped)
+        st.drop_reasons = [str(k) for k in snap.dropped]
         st.drop_counts = [int(v) for v in snap.dropped.values()]
         st.input_rate_hz, st.output_rate_hz = snap.input_rate_hz, snap.output_rate_hz
         st.latency_ms_p50, st.latency_ms_p90, st.latency_ms_p99 = snap.latency_ms
         st.queue_depth, st.queue_capacity = int(snap.extra["queue_depth"]), self.worker.capacity
+        st.time_jumps = snap.time_jumps
         st.last_error = snap.last_error
         self.pub_status.publish(st)
 
@@ -465,6 +679,7 @@ class RestoreNode(Node):
             "restored": str(snap.restored),
             "passed_through": str(snap.passed_through),
             "dropped_total": str(snap.dropped_total),
+            "time_jumps": str(snap.time_jumps),
             "last_error": snap.last_error,
         }
         kv.update({f"dropped.{k}": str(v) for k, v in snap.dropped.items()})
@@ -473,25 +688,51 @@ class RestoreNode(Node):
         ds.values = [KeyValue(key=k, value=v) for k, v in kv.items()]
         self.pub_diag.publish(DiagnosticArray(header=st.header, status=[ds]))
 
-    def close(self, timeout_s: float = 1.0) -> None:
-        """Stop the worker (waits up to ``timeout_s`` for a running restoration) and log the totals."""
-        if self._closed:
-            return
-        self.worker.stop(timeout_s)
-        self._closed = True
+    def _totals(self) -> str:
         snap = self.stats.snapshot()
-        line = (
-            f"shutting down: received {snap.received}, published {snap.published}, dropped {snap.dropped_total} "
+        return (
+            f"received {snap.received}, published {snap.published}, dropped {snap.dropped_total} "
             f"{dict(snap.dropped)}, in flight {self.in_flight()}, restored {snap.restored}"
         )
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stop the threads (waits up to ``timeout_s`` for a running restoration), release
+        the backend and log the totals. For process exit: no lifecycle transition."""
+        if self._closed:
+            return
+        for worker in (self._decoder, self.worker):
+            if worker is not None:
+                worker.stop(timeout_s)
+        self._closed = True
+        line = f"shutting down: {self._totals()}"
         if self.context.ok():
             self.get_logger().info(line)
         else:  # after SIGINT the context is gone and /rosout with it
             print(f"[{self.get_name()}] {line}", file=sys.stderr, flush=True)
+        self._restorer = self.pipeline = None
+        release_memory()
+
+
+def release_memory() -> None:
+    """Return freed model memory: collect the released objects, empty torch's GPU caches."""
+    gc.collect()
+    torch = sys.modules.get("torch")  # never imported here by CPU-only backends
+    if torch is None:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and torch.backends.mps.is_available():
+        mps.empty_cache()
 
 
 def main(args: list[str] | None = None) -> int:
-    """``sirdiff-restore [--ros-args ...]``; exit code 2 when the configuration is unusable."""
+    """``sirdiff-restore [--ros-args ...]``; exit code 2 when the configuration is unusable.
+
+    With ``autostart`` (default) the node is configured and activated here; a
+    configuration that fails then ends the process. Without it the node waits
+    for lifecycle transitions.
+    """
     rclpy.init(args=args)
     try:
         node = RestoreNode()
@@ -499,6 +740,13 @@ def main(args: list[str] | None = None) -> int:
         print(f"sirdiff-restore: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
         return 2
+    if node.autostart:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            print(f"sirdiff-restore: {node.startup_error or 'configure failed'}", file=sys.stderr, flush=True)
+            node.destroy_node()
+            rclpy.try_shutdown()
+            return 2
+        node.trigger_activate()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

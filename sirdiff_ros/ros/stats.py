@@ -39,6 +39,7 @@ class StatsSnapshot:
     last_error: str
     level: Level
     message: str
+    time_jumps: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -93,6 +94,7 @@ class NodeStats:
         self._latency: deque[float] = deque(maxlen=latency_window)
         self._e2e: deque[float] = deque(maxlen=latency_window)
         self.last_error = ""
+        self.time_jumps = 0
         self._backend_failing = False
         # Problems since the previous snapshot decide WARN.
         self._drops_at_snapshot = 0
@@ -116,6 +118,10 @@ class NodeStats:
     def on_rejected(self, kind: str) -> None:
         with self._lock:
             self.rejected[kind] += 1
+
+    def on_time_jump(self) -> None:
+        with self._lock:
+            self.time_jumps += 1
 
     def on_decision(self, is_keyframe: bool, is_target: bool) -> None:
         with self._lock:
@@ -186,4 +192,5 @@ class NodeStats:
                 last_error=self.last_error if self._backend_failing else "",
                 level=level,
                 message=msg,
+                time_jumps=self.time_jumps,
             )

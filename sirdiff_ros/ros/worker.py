@@ -11,6 +11,7 @@ item so the caller can publish its original and count it. ROS-free.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Callable, Generic, TypeVar
 
@@ -86,10 +87,28 @@ class RestoreWorker(Generic[T]):
                     dropped, accepted = item, False
             else:
                 self._queue.append(item)
-            self._cond.notify()
+            self._cond.notify_all()  # the loop and wait_idle wait on the same condition
         if dropped is not None:
             self._on_dropped(dropped)
         return accepted
+
+    def take_pending(self) -> list[T]:
+        """Remove and return the items not started yet (the worker keeps running)."""
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+            return left
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until nothing is queued or running; True if idle."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+            return True
 
     def stop(self, timeout_s: float) -> list[T]:
         """Stop taking work, wait up to ``timeout_s`` for the running item; returns unstarted items."""
@@ -117,3 +136,4 @@ class RestoreWorker(Generic[T]):
             finally:
                 with self._cond:
                     self._busy = False
+                    self._cond.notify_all()
