@@ -9,7 +9,7 @@ import pytest
 
 from sirdiff_ros.core.frame import Frame
 from sirdiff_ros.core.geometry import Pose, _rotation_exp
-from sirdiff_ros.data.color import linear_to_srgb
+from sirdiff_ros.core.color import linear_to_srgb
 from sirdiff_ros.data.degrade import blur_frame
 from sirdiff_ros.data.readers import read_robustmvd_sample, read_slambook_rgbd
 from sirdiff_ros.data.render import Renderer

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sirdiff_ros.core.geometry import Pose, _rotation_exp
-from sirdiff_ros.data.color import linear_to_srgb, srgb_to_linear
+from sirdiff_ros.core.color import linear_to_srgb, srgb_to_linear
 from sirdiff_ros.data.render import Renderer
 from sirdiff_ros.data.scene import Scene, build_scene, single_quad_scene, _face
 from sirdiff_ros.data.synth import (

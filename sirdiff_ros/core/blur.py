@@ -35,10 +35,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .geometry import CameraIntrinsics, Pose, interpolate_pose
-from .overlap import target_grid
 
-__all__ = ["ANALYSIS_WIDTH", "to_grey", "sharpness", "local_sharpness", "predicted_blur_px"]
+__all__ = ["ANALYSIS_WIDTH", "to_grey", "sharpness", "local_sharpness"]
 
 # Width the score is computed at (images narrower than this are used as is).
 ANALYSIS_WIDTH = 320
@@ -89,35 +87,3 @@ def local_sharpness(grey: np.ndarray, sigma: float) -> np.ndarray:
     gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
     return cv2.GaussianBlur(gx * gx + gy * gy, (0, 0), sigma)
-
-
-def predicted_blur_px(
-    prev_stamp_ns: int,
-    prev_pose: Pose,
-    stamp_ns: int,
-    pose: Pose,
-    intrinsics: CameraIntrinsics,
-    exposure_s: float,
-    depth_range: tuple[float, float],
-    depth: np.ndarray | None = None,
-) -> float:
-    """Motion blur (px) the camera's own motion causes during one exposure.
-
-    The velocity is the constant-velocity one between the previous pose and
-    this one; a 4x3 grid of the image, lifted at ``depth`` (or the middle of
-    ``depth_range`` in inverse depth), is projected from the poses at
-    -exposure/2 and +exposure/2 around ``stamp_ns`` (the mid-exposure stamp);
-    the mean displacement is returned. Content-independent, unlike
-    :func:`sharpness`, but it needs the exposure time and good poses.
-    """
-    if stamp_ns <= prev_stamp_ns or exposure_s <= 0:
-        return 0.0
-    half = int(round(exposure_s * 0.5e9))
-    a = interpolate_pose(prev_stamp_ns, prev_pose, stamp_ns, pose, stamp_ns - half)
-    b = interpolate_pose(prev_stamp_ns, prev_pose, stamp_ns, pose, stamp_ns + half)
-    grid = target_grid(pose, intrinsics, (4, 3), depth_range, 1, depth)
-    pts = grid.points[grid.valid]  # (G, 3) world points
-    ua, za = intrinsics.project(a.inverse().transform_points(pts))
-    ub, zb = intrinsics.project(b.inverse().transform_points(pts))
-    ok = (za > 1e-6) & (zb > 1e-6)
-    return float(np.linalg.norm(ua[ok] - ub[ok], axis=-1).mean()) if ok.any() else 0.0

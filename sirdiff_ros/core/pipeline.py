@@ -43,8 +43,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from .blur import predicted_blur_px
 from .blur import sharpness as sharpness_score
+from .deblur import EXPOSURE_MOTION_KEY, deblurred_view, exposure_motion
 from .frame import Frame
 from .geometry import Pose
 from .keyframes import Admission, Keyframe, KeyframeBuffer, KeyframeConfig
@@ -88,6 +88,7 @@ class PipelineConfig:
     exposure_s: float = 0.0  # camera exposure time; 0: unknown (sharpness gate only)
     motion_blur_px: float = 4.0  # predicted motion blur that makes a keyframe a target
     max_velocity_gap_s: float = 0.5  # previous pose older than this: no velocity
+    deconvolve: bool = True  # invert each view's own motion blur (needs exposure_s) before the backend
 
     def __post_init__(self) -> None:
         if self.num_views < 1:
@@ -230,7 +231,7 @@ class RestorationPipeline:
         self.restorer: Restorer = create_restorer(restorer) if isinstance(restorer, str) else restorer
         self.buffer = KeyframeBuffer(self.config.keyframe)
         self._lock = threading.Lock()  # admission + gating
-        self._prev_pose: tuple[int, Pose] | None = None  # last posed frame, for the velocity
+        self._pose_trail: list[tuple[int, Pose]] = []  # last posed frames, for the velocity
         self._count_lock = threading.Lock()
         self._counts: dict[str, int] = {}
 
@@ -278,20 +279,25 @@ class RestorationPipeline:
         return FrameDecision(frame, s, adm.admitted, is_target, reason, ref, adm, t0, motion)
 
     def _motion_blur(self, frame: Frame) -> float:
-        """Predicted motion blur (px) from the previous posed frame, NaN when unknown.
-        Caller holds ``self._lock`` (the previous pose is shared state)."""
+        """Predicted motion blur (px) from the camera's velocity, NaN when unknown; attaches the
+        frame's :class:`~sirdiff_ros.core.deblur.ExposureMotion`. Caller holds ``self._lock``."""
         cfg = self.config
-        prev, self._prev_pose = self._prev_pose, (
-            (frame.stamp_ns, frame.pose) if frame.pose is not None else self._prev_pose
-        )
-        if cfg.exposure_s <= 0 or frame.pose is None or prev is None:
+        if frame.pose is None:
             return math.nan
-        dt = (frame.stamp_ns - prev[0]) * 1e-9
-        if not 0 < dt <= cfg.max_velocity_gap_s:
+        trail = self._pose_trail
+        if trail and frame.stamp_ns <= trail[-1][0]:
+            trail.clear()  # time went backwards: the old poses say nothing about this motion
+        trail.append((frame.stamp_ns, frame.pose))
+        del trail[:-3]
+        near, far = cfg.depth_range
+        depth = 2.0 / (1.0 / near + 1.0 / far)  # middle of the range in inverse depth
+        motion = exposure_motion(trail, cfg.exposure_s, cfg.max_velocity_gap_s, depth)
+        if motion is None:
             return math.nan
-        return predicted_blur_px(
-            prev[0], prev[1], frame.stamp_ns, frame.pose, frame.intrinsics, cfg.exposure_s, cfg.depth_range, frame.depth
-        )
+        frame.extras[EXPOSURE_MOTION_KEY] = motion
+        if frame.depth is not None and frame.depth.shape == frame.image.shape[:2] and np.any(frame.depth > 0):
+            depth = float(np.median(frame.depth[frame.depth > 0]))
+        return motion.blur_px(frame.intrinsics, depth)
 
     # -- restore -----------------------------------------------------------------
     def select(self, decision: FrameDecision) -> ViewSelection:
@@ -310,9 +316,11 @@ class RestorationPipeline:
         before = [decision.sharpness] + [k.sharpness for k in sel.partners]
         if len(views) < 2:
             return self._passed(decision, views, overlaps, before, PassReason.NO_PARTNERS, backend)
-        request = RestoreRequest(views=views, targets=[0], overlaps=overlaps)
         t0 = time.perf_counter()
         try:
+            if self.config.deconvolve and getattr(backend, "deblurs_views", True):
+                views = [deblurred_view(v) for v in views]
+            request = RestoreRequest(views=views, targets=[0], overlaps=overlaps)
             result = backend.restore(request)
             rv = result.for_index(0)
             if rv.image.shape != frame.image.shape or rv.image.dtype != frame.image.dtype:
@@ -327,14 +335,22 @@ class RestorationPipeline:
             self._count("backend_errors")
             return out
         latency = time.perf_counter() - t0
+        info = dict(rv.info)
+        image, restored, reason = rv.image, bool(rv.restored), "" if rv.restored else (rv.reason or PassReason.BACKEND_DECLINED)
+        if not restored and views[0].extras.get("deblur_px", 0.0) > 0:
+            # The backend found nothing to add (e.g. no sharper partner): the deblurred target still is the restoration.
+            image, restored, reason = views[0].image, True, ""
+            info["backend_declined"] = str(rv.reason or PassReason.BACKEND_DECLINED)
+        elif not restored:
+            image = frame.image
         after = [math.nan] * len(views)
-        after[0] = float(sharpness_score(rv.image)) if rv.restored else decision.sharpness
-        self._count("restored" if rv.restored else f"passed.{rv.reason or PassReason.BACKEND_DECLINED}")
+        after[0] = float(sharpness_score(image)) if restored else decision.sharpness
+        self._count("restored" if restored else f"passed.{reason}")
         return RestorationOutcome(
             decision=decision,
-            image=rv.image if rv.restored else frame.image,
-            restored=bool(rv.restored),
-            reason="" if rv.restored else (rv.reason or PassReason.BACKEND_DECLINED),
+            image=image,
+            restored=restored,
+            reason=reason,
             views=views,
             target_index=0,
             overlaps=overlaps,
@@ -344,7 +360,7 @@ class RestorationPipeline:
             device=result.device,
             latency_s=latency,
             end_to_end_s=time.monotonic() - decision.ingest_time,
-            info=dict(rv.info),
+            info=info,
         )
 
     def process(self, frame: Frame) -> RestorationOutcome:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..core.frame import Frame
 from ..core.geometry import Pose, _rotation_exp
-from .color import linear_to_srgb, srgb_to_linear
+from ..core.color import linear_to_srgb, srgb_to_linear
 from .synth import add_sensor_noise, blur_extent_px
 
 __all__ = ["BlurTrajectory", "blur_frame"]

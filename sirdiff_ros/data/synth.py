@@ -35,7 +35,7 @@ import numpy as np
 
 from ..core.frame import Frame
 from ..core.geometry import CameraIntrinsics, Pose, _rotation_exp
-from .color import linear_to_srgb, srgb_to_linear
+from ..core.color import linear_to_srgb, srgb_to_linear
 from .render import Renderer, RenderResult
 from .scene import Scene, build_scene
 from .textures import is_heldout_seed

@@ -78,6 +78,8 @@ class Restorer(Protocol):
 
     name: str
     device: str
+    # Optional class attribute ``deblurs_views`` (default True): whether the
+    # pipeline deblurs each view by its own motion before calling the backend.
 
     def restore(self, request: RestoreRequest) -> RestoreResult:
         """Restore ``request.targets``; raise :class:`RestorerError` on failure."""
