@@ -57,6 +57,7 @@ setup(
             "sirdiff-record = sirdiff_ros.ros.bag_tools:record_main",
             "sirdiff-synth = sirdiff_ros.data.cli:main",
             "sirdiff-eval = sirdiff_ros.evaluation.cli:main",
+            "sirdiff-eval-real = sirdiff_ros.evaluation.real_split:main",
             "sirdiff-train = sirdiff_ros.training.cli:main",
             "sirdiff-vocab = sirdiff_ros.slam.vocabulary:main",
         ]

@@ -76,6 +76,7 @@ class PassReason(StrEnum):
     PASSTHROUGH = "passthrough"
     NO_SHARPER_PARTNER = "no_sharper_partner"
     NO_TRUSTWORTHY_PARTNER = "no_trustworthy_partner"
+    NO_MOTION = "no_motion"  # deblur: no exposure motion known, or too little blur to invert
     # -- fallbacks of the node (capacity and shutdown) --
     QUEUE_FULL = "queue_full"  # the worker queue dropped the target (drop_policy)
     LATENCY_BUDGET = "latency_budget"  # not restored within latency_budget_s

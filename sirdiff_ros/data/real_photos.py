@@ -207,7 +207,7 @@ def photo_plane_sequence(path: str | Path, seed: int, n_frames: int, width: int 
     rng = np.random.default_rng([seed, 0x9E41])
     lo, hi = shake.exposure_range_s
     exposure = float(options.pop("exposure_s", math.exp(rng.uniform(math.log(lo), math.log(hi)))))  # type: ignore[arg-type]
-    fps = float(options.pop("fps", min(30.0, 0.9 / exposure)))  # type: ignore[arg-type]
+    fps = float(options.pop("fps", min(30.0, 0.9 / exposure) if exposure > 0 else 30.0))  # type: ignore[arg-type]
     subframes = int(options.pop("subframes", 24))  # type: ignore[arg-type]
     cfg = SynthConfig.from_kwargs(width=width, height=height, exposure_s=exposure, fps=fps,
                                   subframes=subframes, **options)

@@ -70,5 +70,5 @@ class DeblurRestorer:
             src = request.views[i]
             out = deblurred_view(src)
             done = out.extras.get("deblur_px", 0.0) > 0
-            views.append(RestoredView(i, out.image, done, "" if done else "no_motion"))
+            views.append(RestoredView(i, out.image, done, "" if done else PassReason.NO_MOTION))
         return RestoreResult(views, self.name, self.device, time.perf_counter() - t0)
