@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from ..core.frame import Frame
-from ..core.geometry import Pose, _rotation_exp
+from ..core.geometry import Pose
 from .scene import Scene, single_quad_scene
 from .synth import SynthConfig, _make_frame, _renderers
 from .textures import Texture, TextureError, _pyramid

@@ -57,6 +57,17 @@ def real_split_frames(split: str, sequences: int, frames: int, width: int, heigh
     return out
 
 
+class _TargetImages:
+    """Outcome sink keeping each backend's restored image of every target (for the example crops)."""
+
+    def __init__(self) -> None:
+        self.images: dict[int, dict[str, np.ndarray]] = {}
+
+    def write(self, backend: str, outcome: Any) -> None:
+        if outcome.decision.is_target:
+            self.images.setdefault(outcome.frame.stamp_ns, {})[backend] = outcome.image
+
+
 def _bucket(blur: float) -> str:
     for lo, hi in BLUR_BUCKETS_PX:
         if lo <= blur < hi:
@@ -99,14 +110,9 @@ def evaluate_real_split(out_dir: str | Path, split: str = "val", sequences: int 
         cfg = ReplayConfig(backends=tuple(backends), num_views=num_views, mapping=False,
                            pipeline=PipelineConfig(exposure_s=exposure),
                            backend_options=backend_options or {})
-        images: dict[int, dict[str, np.ndarray]] = {}
-
-        class _Keep:
-            def write(self, backend: str, outcome: Any) -> None:
-                if outcome.decision.is_target:
-                    images.setdefault(outcome.frame.stamp_ns, {})[backend] = outcome.image
-
-        result: EvaluationResult = evaluate_frames(seq, cfg, sink=_Keep(), source=str(path))
+        keep = _TargetImages()
+        result: EvaluationResult = evaluate_frames(seq, cfg, sink=keep, source=str(path))
+        images = keep.images
         for rec in result.targets:
             row: dict[str, Any] = {"source": path.name, "stamp_ns": rec.stamp_ns, "exposure_s": exposure,
                                    "blur_px": blur_by_stamp.get(rec.stamp_ns, math.nan)}
