@@ -134,3 +134,24 @@ def test_pipeline_deblurs_targets_and_passes_non_targets_bit_exact() -> None:
     base = RestorationPipeline(PipelineConfig(exposure_s=0.03, motion_blur_px=4.0), "passthrough")
     outs = [base.process(f) for f in frames]
     assert all(o.image is f.image for o, f in zip(outs, frames))
+
+
+def test_evidence_guard_rejects_sharp_structure_in_the_wrong_place(photo_frames) -> None:
+    from sirdiff_ros.core.deblur import evidence_guard
+
+    hist = [(f.stamp_ns, f.pose) for f in photo_frames]
+    f = photo_frames[-1]
+    motion = exposure_motion(hist, f.extras["exposure_s"])
+    sharp = f.extras["sharp"]
+    op = MotionBlurOperator(motion, f.intrinsics, motion.depth_m)
+    fallback = deblur_image(f.image, op)
+    # The truth itself passes: it blurs into the observation.
+    kept, replaced = evidence_guard(sharp, fallback, f.image, motion, f.intrinsics)
+    assert replaced < 0.1 and _psnr(kept, sharp) > 40
+    # The truth moved by 20 px (a misaligned partner pasted as sharp): sharper, and wrong.
+    shifted = np.roll(sharp, 20, axis=1)
+    guarded, replaced = evidence_guard(shifted, fallback, f.image, motion, f.intrinsics)
+    assert replaced > 0.5
+    assert _psnr(guarded, sharp) > _psnr(shifted, sharp) + 3
+    with pytest.raises(ValueError, match="one shape"):
+        evidence_guard(sharp[:10], fallback, f.image, motion, f.intrinsics)

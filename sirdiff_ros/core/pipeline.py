@@ -44,7 +44,7 @@ from typing import Any, cast
 import numpy as np
 
 from .blur import sharpness as sharpness_score
-from .deblur import EXPOSURE_MOTION_KEY, deblurred_view, exposure_motion
+from .deblur import EXPOSURE_MOTION_KEY, ExposureMotion, deblurred_view, evidence_guard, exposure_motion
 from .frame import Frame
 from .geometry import Pose
 from .keyframes import Admission, Keyframe, KeyframeBuffer, KeyframeConfig
@@ -343,6 +343,11 @@ class RestorationPipeline:
             info["backend_declined"] = str(rv.reason or PassReason.BACKEND_DECLINED)
         elif not restored:
             image = frame.image
+        motion = frame.extras.get(EXPOSURE_MOTION_KEY)
+        if restored and self.config.deconvolve and isinstance(motion, ExposureMotion) and image is not views[0].image:
+            # What the backend added must blur back into what the camera saw, as well as the deblurred view does.
+            image, replaced = evidence_guard(image, views[0].image, frame.image, motion, frame.intrinsics)
+            info["evidence_replaced"] = replaced
         after = [math.nan] * len(views)
         after[0] = float(sharpness_score(image)) if restored else decision.sharpness
         self._count("restored" if restored else f"passed.{reason}")
