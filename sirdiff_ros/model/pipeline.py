@@ -41,6 +41,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepSchedu
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..core.profiling import stage
 from .encoders import LatentEncoder, SpaceToDepthEncoder, encoder_from_spec
 from .refiner import PixelRefiner, view_set_context
 
@@ -435,8 +436,9 @@ class SirDiffPipeline(DiffusionPipeline):
         h, w = hh // f, ww // f
 
         # 2. Encode the degraded views: (B, N, 3, H, W) -> (B*N, 3, H, W) -> (B, N, C, h, w).
-        flat = views.reshape(b * n, 3, hh, ww).to(device=device, dtype=dtype)
-        cond = self.encoder.encode(flat).to(dtype).reshape(b, n, -1, h, w)
+        with stage("encode"):
+            flat = views.reshape(b * n, 3, hh, ww).to(device=device, dtype=dtype)
+            cond = self.encoder.encode(flat).to(dtype).reshape(b, n, -1, h, w)
 
         # 3. Prepare noise latents, once for the whole batch (chunking-independent).
         shape = (b, n, self.encoder.latent_channels, h, w)
@@ -456,7 +458,8 @@ class SirDiffPipeline(DiffusionPipeline):
             iterator = self.progress_bar(timesteps) if show_progress else timesteps
             for t in iterator:
                 model_in = self.scheduler.scale_model_input(latents, t)
-                pred = self._predict(model_in, t, c, windows, overlap)
+                with stage("unet"):
+                    pred = self._predict(model_in, t, c, windows, overlap)
                 latents = self.scheduler.step(pred, t, latents).prev_sample
             out_latents.append(self.parametrization.to_latent(latents, c))
         z = torch.cat(out_latents)  # (B, N, C, h, w)
@@ -465,16 +468,18 @@ class SirDiffPipeline(DiffusionPipeline):
         # 5. Decode the views asked for: (B, K, C, h, w) -> (B*K, C, h, w) -> (B*K, 3, H, W);
         # every view when the head summarises the restored set: (B, N, 3, H, W).
         restored_sets = None
-        if self.refiner is not None and self.refiner.summarises_restored:
-            restored_sets = self.encoder.decode(z.reshape(b * n, -1, h, w)).float().clamp(-1, 1)
-            restored_sets = restored_sets.reshape(b, n, 3, hh, ww)
-            images = restored_sets[:, keep].reshape(b * k, 3, hh, ww)
-        else:
-            images = self.encoder.decode(z[:, keep].reshape(b * k, -1, h, w)).float().clamp(-1, 1)
+        with stage("decode"):
+            if self.refiner is not None and self.refiner.summarises_restored:
+                restored_sets = self.encoder.decode(z.reshape(b * n, -1, h, w)).float().clamp(-1, 1)
+                restored_sets = restored_sets.reshape(b, n, 3, hh, ww)
+                images = restored_sets[:, keep].reshape(b * k, 3, hh, ww)
+            else:
+                images = self.encoder.decode(z[:, keep].reshape(b * k, -1, h, w)).float().clamp(-1, 1)
 
         # 6. Refine at full resolution, one view at a time (bounded memory at any image size).
         if self.refiner is not None:
-            images = self.refine(images, views, keep, restored_sets)
+            with stage("refine"):
+                images = self.refine(images, views, keep, restored_sets)
         images = images.reshape(b, k, 3, hh, ww)
         result = tensor_to_images(images) if output_type == "np" else images
         return SirDiffPipelineOutput(images=result, tiles=len(windows), chunks=math.ceil(b / sets))

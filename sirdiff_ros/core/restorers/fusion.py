@@ -32,10 +32,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..alignment import AlignmentConfig, align_partners, soft_mask, warp_full
-from ..blur import local_sharpness, sharpness
+from ..alignment import AlignmentConfig, FrameCache, align_partners, soft_mask, warp_full
+from ..blur import local_sharpness
 from ..device import resolve_device
 from ..frame import Frame
+from ..profiling import stage
 from ..reasons import PassReason
 from .base import RestoredView, RestoreRequest, RestoreResult, register_restorer
 from .passthrough import check_request
@@ -77,6 +78,9 @@ class FusionRestorer:
                 raise ValueError(f"unknown fusion options {unknown}; known: {sorted(known)}")
             base = FusionConfig(**{**{f.name: getattr(base, f.name) for f in fields(base)}, **overrides})
         self.config = base
+        # Keyframes recur as partners of consecutive targets: their work-scale
+        # images are kept (a few view sets' worth).
+        self.cache = FrameCache()
 
     def restore(self, request: RestoreRequest) -> RestoreResult:
         t0 = time.perf_counter()
@@ -88,60 +92,76 @@ class FusionRestorer:
         cfg = self.config
         target: Frame = views[ti]
         img = target.image
-        t_score = sharpness(img)
-        partners = [
-            (j, v)
-            for j, v in enumerate(views)
-            # Same camera geometry (size, colour) as the target: the alignment
-            # works on one pixel grid.
-            if j != ti and v.image.shape == img.shape and sharpness(v.image) > cfg.min_global_ratio * t_score
-        ]
+        with stage("select"):
+            t_score = self.cache.sharpness(img)
+            partners = [
+                (j, v)
+                for j, v in enumerate(views)
+                # Same camera geometry (size, colour) as the target: the alignment
+                # works on one pixel grid.
+                if j != ti and v.image.shape == img.shape and self.cache.sharpness(v.image) > cfg.min_global_ratio * t_score
+            ]
         if not partners:
             return RestoredView(ti, img, False, PassReason.NO_SHARPER_PARTNER, {"partners_used": 0})
-        aligned, scale, extent, tg = align_partners(target, [p for _, p in partners], cfg)
-        e_t = local_sharpness(tg, cfg.sharpness_sigma)
-        weighted = []
-        for (j, _), al in zip(partners, aligned):
-            # Local sharpness of the *unblurred* partner, warped to the target.
-            ratio = local_sharpness(al.sharp, cfg.sharpness_sigma) / (e_t + 1.0)
-            gain = np.clip((ratio - cfg.sharper_ratio) / (cfg.full_ratio - cfg.sharper_ratio), 0.0, 1.0)
-            weighted.append((j, al.method, al.gain, soft_mask(al.trust * gain, cfg), al.flow))
-        view = self._blend(views, ti, weighted, scale)
+        aligned, scale, extent, tg = align_partners(target, [p for _, p in partners], cfg, self.cache)
+        with stage("weigh"):
+            e_t = local_sharpness(tg, cfg.sharpness_sigma)
+            weighted = []
+            for (j, _), al in zip(partners, aligned):
+                # Local sharpness of the *unblurred* partner, warped to the target.
+                ratio = local_sharpness(al.sharp, cfg.sharpness_sigma) / (e_t + 1.0)
+                gain = np.clip((ratio - cfg.sharper_ratio) / (cfg.full_ratio - cfg.sharper_ratio), 0.0, 1.0)
+                weighted.append((j, al.method, al.gain, soft_mask(al.trust * gain, cfg), al.flow))
+        with stage("blend"):
+            view = self._blend(views, ti, weighted, scale)
         view.info["work_scale"] = scale
         view.info["blur_extent_px"] = extent / scale
         return view
 
     def _blend(self, views: Any, ti: int, aligned: list, scale: float) -> RestoredView:
-        """Fuse the aligned partners into the target at full resolution."""
+        """Fuse the aligned partners into the target at full resolution.
+
+        Only the bounding box of each partner's non-zero weights is resampled
+        and blended: everywhere else the output is the target's pixels."""
         img = views[ti].image
         H, W = img.shape[:2]
         wsum = np.sum([a[3] for a in aligned], axis=0)
         norm = np.maximum(wsum, 1.0)
-        tgt_f = img.astype(np.float32)
-        acc = np.zeros_like(tgt_f)  # sum_j w_j * gain_j * warped_j
-        wtot = np.zeros((H, W), np.float32)  # sum_j w_j
         info: dict[str, Any] = {"partners_used": 0, "methods": {}, "mean_weight": {}}
+        used = []  # (partner index, gain, full-resolution weights, their box, flow)
         for j, method, gain, wmap, flow in aligned:
             wn = wmap / norm
             if float(wn.max()) < 1e-3:
                 continue
-            # Work scale -> full resolution: weights and flow (values scale too).
+            # Work scale -> full resolution.
             wf = cv2.resize(wn, (W, H), interpolation=cv2.INTER_LINEAR)
-            warped, inside = warp_full(views[j].image, flow)
-            # Smoothed weights reach a few pixels past the partner's border: cut there.
-            wf *= inside
-            if warped.ndim == 3:
-                acc += cv2.merge([wf * float(g) for g in np.atleast_1d(gain)]) * warped
-            else:
-                acc += (wf * float(gain)) * warped
-            wtot += wf
+            x, y, bw, bh = cv2.boundingRect((wf > 0).astype(np.uint8))
+            used.append((j, gain, wf, (y, y + bh, x, x + bw), flow))
             info["partners_used"] += 1
             info["methods"][j] = method
             info["mean_weight"][j] = float(np.mean(wn))
         if info["partners_used"] == 0:
             return RestoredView(ti, img, False, PassReason.NO_TRUSTWORTHY_PARTNER, info)
         info["replaced_fraction"] = float(np.mean(np.minimum(wsum, 1.0)))
-        keep = 1.0 - wtot
-        result = acc + (keep[..., None] if tgt_f.ndim == 3 else keep) * tgt_f
-        out = np.clip(np.rint(result), 0, 255).astype(np.uint8)
+        # The union of the partners' boxes; the accumulator covers it only.
+        y0, y1 = min(b[3][0] for b in used), max(b[3][1] for b in used)
+        x0, x1 = min(b[3][2] for b in used), max(b[3][3] for b in used)
+        tgt_f = img[y0:y1, x0:x1].astype(np.float32)
+        acc = np.zeros_like(tgt_f)  # sum_j w_j * (gain_j * warped_j - target)
+        for j, gain, wf, (by0, by1, bx0, bx1), flow in used:
+            if by1 <= by0 or bx1 <= bx0:
+                continue
+            warped, inside = warp_full(views[j].image, flow, (slice(by0, by1), slice(bx0, bx1)))
+            # Smoothed weights reach a few pixels past the partner's border: cut there.
+            w = wf[by0:by1, bx0:bx1]
+            np.multiply(w, inside, out=w)
+            sub = (slice(by0 - y0, by1 - y0), slice(bx0 - x0, bx1 - x0))
+            g = np.atleast_1d(gain).astype(np.float64)
+            scaled = cv2.multiply(warped, (*g, 0.0) if warped.ndim == 3 else float(g[0]), dtype=cv2.CV_32F)
+            cv2.subtract(scaled, tgt_f[sub], dst=scaled)
+            scaled *= w[..., None] if warped.ndim == 3 else w
+            acc[sub] += scaled
+        # out = target + sum_j w_j (gain_j warped_j - target), rounded and saturated to uint8.
+        out = img.copy()
+        out[y0:y1, x0:x1] = cv2.add(tgt_f, acc, dtype=cv2.CV_8U)
         return RestoredView(ti, out, True, "", info)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..device import DeviceError, resolve_device
 from ..frame import Frame
+from ..profiling import stage
 from ..registration import REGISTRATION, registered_views
 from .base import RestoredView, RestorerError, RestoreRequest, RestoreResult, register_restorer
 
@@ -166,7 +167,8 @@ class SirDiffRestorer:
             return replace(f, image=v, depth=None, pose=None, intrinsics=ref.intrinsics)
 
         frames = [as_used(f, v) for f, v in zip(request.views, views)]
-        return [(registered_views(frames, i), {i: 0}) for i in request.targets]
+        with stage("registration"):
+            return [(registered_views(frames, i), {i: 0}) for i in request.targets]
 
     def restore(self, request: RestoreRequest) -> RestoreResult:
         if not request.views:
