@@ -157,7 +157,9 @@ class FusionRestorer:
             np.multiply(w, inside, out=w)
             sub = (slice(by0 - y0, by1 - y0), slice(bx0 - x0, bx1 - x0))
             g = np.atleast_1d(gain).astype(np.float64)
-            scaled = cv2.multiply(warped, (*g, 0.0) if warped.ndim == 3 else float(g[0]), dtype=cv2.CV_32F)
+            # A tuple is a per-channel cv2 Scalar (the stubs only list arrays).
+            per_channel: Any = (*g, 0.0) if warped.ndim == 3 else float(g[0])
+            scaled = cv2.multiply(warped, per_channel, dtype=cv2.CV_32F)
             cv2.subtract(scaled, tgt_f[sub], dst=scaled)
             scaled *= w[..., None] if warped.ndim == 3 else w
             acc[sub] += scaled
