@@ -242,3 +242,12 @@ def test_slambook_depth_reprojects_consistently(shared_data: Path) -> None:
     good = db > 0
     rel_err = np.abs(db[good] - zb[inside][good]) / zb[inside][good]
     assert good.sum() > 1000 and np.median(rel_err) < 0.06  # camera-to-world convention holds
+
+
+def test_sirdiff_synth_cli_preset_with_override(tmp_path: Path) -> None:
+    out = tmp_path / "seq"
+    assert synth_main([str(out), "--frames", "2", "--seed", "1000001", "--width", "64", "--height", "48",
+                       "--preset", "slam", "--fps", "20", "--no-progress"]) == 0
+    meta = json.loads((out / "camera.json").read_text())
+    assert meta["preset"] == "slam" and meta["config"]["fps"] == 20.0  # the explicit option wins
+    assert meta["config"]["tile_scale"] == 1.5 and meta["config"]["trajectory"]["burst_start_s"] == 1.0

@@ -345,3 +345,41 @@ def test_trajectory_speeds_follow_the_configuration() -> None:
     _, _, ang_burst = rates(TrajectoryConfig(speed=0.8, angular_speed=0.1, burst_rate=0.5, burst_speed=3.0))
     assert ang_burst.max() == pytest.approx(3.0, rel=0.2)  # bursts peak at burst_speed
     assert np.median(ang_burst) < 0.5  # and stay sparse: most of the time the camera turns slowly
+
+
+def test_no_pan_starts_before_burst_start() -> None:
+    from sirdiff_ros.data.trajectory import SmoothTrajectory, TrajectoryConfig
+
+    region = (np.array([-1.5, -1.0, 1.0]), np.array([1.5, 1.0, 1.8]))
+    dt = 0.01
+    calm = TrajectoryConfig(angular_speed=0.1, burst_rate=2.0, burst_speed=3.0, burst_start_s=5.0)
+    traj = SmoothTrajectory(4, region, calm, duration_s=20)
+    poses = [traj.pose(t) for t in np.arange(0, 20, dt)]
+    ang = np.array([a.rotation_angle_to(b) for a, b in zip(poses[:-1], poses[1:])]) / dt
+    assert ang[: int(5.0 / dt)].max() < 0.5  # the wandering heading only
+    assert ang[int(5.0 / dt):].max() == pytest.approx(3.0, rel=0.2)  # then pans at burst_speed
+    # The default (0 s) leaves the trajectory exactly as it was without the option.
+    a = SmoothTrajectory(4, region, TrajectoryConfig(burst_rate=2.0), duration_s=20)
+    b = SmoothTrajectory(4, region, TrajectoryConfig(burst_rate=2.0, burst_start_s=0.0), duration_s=20)
+    assert np.array_equal(a.pose(7.3).matrix(), b.pose(7.3).matrix())
+
+
+def test_tile_scale_repeats_textures_less_often() -> None:
+    base = build_scene(1_000_003, 128)
+    large = build_scene(1_000_003, 128, tile_scale=2.0)
+    assert [q.name for q in base.quads] == [q.name for q in large.quads]
+    for q0, q1 in zip(base.quads, large.quads):
+        ratio = 1.0 if "poster" in q0.name else 2.0  # a poster shows its photo once, whatever the scale
+        assert q1.tile_m == pytest.approx((q0.tile_m[0] * ratio, q0.tile_m[1] * ratio))
+    with pytest.raises(ValueError, match="tile_scale"):
+        build_scene(1, 128, tile_scale=0.0)
+
+
+def test_slam_preset_and_explicit_options() -> None:
+    from sirdiff_ros.data.synth import PRESETS
+
+    frames = list(generate_sequence(1_000_001, 2, 64, 48, preset="slam", fps=15.0))
+    assert frames[1].stamp_ns - frames[0].stamp_ns == pytest.approx(1e9 / 15.0, abs=1)  # explicit beats preset
+    assert frames[0].extras["exposure_s"] == PRESETS["slam"]["exposure_s"]
+    with pytest.raises(ValueError, match="unknown preset"):
+        list(generate_sequence(1, 1, 64, 48, preset="fast"))

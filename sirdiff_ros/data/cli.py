@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .bags import FrameBagWriter
 from .folder import SynthFolderWriter
-from .synth import SynthConfig, generate_sequence
+from .synth import PRESETS, SynthConfig, generate_sequence
 from .textures import is_heldout_seed
 
 __all__ = ["main", "build_parser"]
@@ -51,27 +51,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--angular-speed", type=float, default=t.angular_speed, help="RMS angular rate, rad/s")
     p.add_argument("--burst-rate", type=float, default=t.burst_rate, help="fast pans per second")
     p.add_argument("--burst-speed", type=float, default=t.burst_speed, help="peak pan rate, rad/s")
+    p.add_argument("--burst-angle", type=float, default=t.burst_angle, help="mean pan angle, rad")
+    p.add_argument("--burst-start", type=float, default=t.burst_start_s, help="no pan before this time, s")
+    p.add_argument("--tile-scale", type=float, default=d.tile_scale, help="multiplies how large scene textures repeat")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="named settings (explicit options override them); slam: sequences where blur decides SLAM "
+                        "tracking (30 fps, pans)")
     p.add_argument("--bag", action="store_true", help="also write a ROS 2 bag to OUT/bag")
     p.add_argument("--bag-format", choices=("mcap", "db3"), default="mcap")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
+# Preset keys (SynthConfig / TrajectoryConfig fields) -> argparse destinations.
+_PRESET_DEST = {"exposure_s": "exposure", "burst_start_s": "burst_start", "hfov_deg": "hfov", "noise_std": "noise",
+                "soften_px": "soften"}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse, with a ``--preset``'s values as the defaults that explicit options override."""
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.preset:
+        parser.set_defaults(**{_PRESET_DEST.get(k, k): v for k, v in PRESETS[first.preset].items()})
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.frames < 1:
         print("sirdiff-synth: --frames must be >= 1", file=sys.stderr)
         return 2
     options = dict(fps=args.fps, exposure_s=args.exposure, subframes=args.subframes, hfov_deg=args.hfov,
                    noise_std=args.noise, shot_noise=args.shot_noise, downsample=args.downsample, soften_px=args.soften,
-                   speed=args.speed, angular_speed=args.angular_speed, burst_rate=args.burst_rate,
-                   burst_speed=args.burst_speed)
+                   tile_scale=args.tile_scale, speed=args.speed, angular_speed=args.angular_speed,
+                   burst_rate=args.burst_rate, burst_speed=args.burst_speed, burst_angle=args.burst_angle,
+                   burst_start_s=args.burst_start)
     try:
         cfg = SynthConfig.from_kwargs(width=args.width, height=args.height, **options)
     except (ValueError, TypeError) as exc:
         print(f"sirdiff-synth: {exc}", file=sys.stderr)
         return 2
-    meta = {"generator": "sirdiff_ros.data.synth.generate_sequence", "seed": args.seed,
+    meta = {"generator": "sirdiff_ros.data.synth.generate_sequence", "seed": args.seed, "preset": args.preset,
             "heldout": is_heldout_seed(args.seed), "config": asdict(cfg)}
     try:
         folder = SynthFolderWriter(args.out, meta)

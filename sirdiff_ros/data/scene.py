@@ -77,10 +77,11 @@ def _face(center: np.ndarray, normal: np.ndarray, down: np.ndarray, width: float
 class _TexturePicker:
     """Draws textures for one scene from the split's pool (enforces the split)."""
 
-    def __init__(self, seed: int, rng: np.random.Generator, texture_size: int) -> None:
+    def __init__(self, seed: int, rng: np.random.Generator, texture_size: int, tile_scale: float = 1.0) -> None:
         self.photos, self.families = texture_pool(seed)
         self.rng = rng
         self.size = texture_size
+        self.tile_scale = tile_scale
         self.used: set[str] = set()
 
     def photo(self) -> Texture:
@@ -96,7 +97,7 @@ class _TexturePicker:
         return tex
 
     def tile(self, tex: Texture, lo: float = 0.6, hi: float = 2.2) -> tuple[float, float]:
-        w = float(self.rng.uniform(lo, hi))
+        w = float(self.rng.uniform(lo, hi)) * self.tile_scale
         return (w, w * tex.height / tex.width)
 
 
@@ -110,10 +111,18 @@ def _footprint_ok(center: np.ndarray, radius: float, room: np.ndarray, region: t
     return bool(inside_room and np.hypot(dx, dy) > radius + margin)
 
 
-def build_scene(seed: int, texture_size: int = 512) -> Scene:
-    """A random room for ``seed`` (deterministic), textured from the seed's split."""
+def build_scene(seed: int, texture_size: int = 512, tile_scale: float = 1.0) -> Scene:
+    """A random room for ``seed`` (deterministic), textured from the seed's split.
+
+    ``tile_scale`` multiplies the size at which textures repeat on walls,
+    floor, boxes and panels: larger tiles repeat less often in view, which
+    feature-based SLAM needs (identical copies of a texture are ambiguous
+    matches), at the cost of fewer texels per metre.
+    """
+    if not tile_scale > 0:
+        raise ValueError(f"tile_scale must be positive, got {tile_scale}")
     rng = np.random.default_rng([seed, 0x5CE7E])
-    pick = _TexturePicker(seed, rng, texture_size)
+    pick = _TexturePicker(seed, rng, texture_size, tile_scale)
     L = np.array([rng.uniform(4.5, 9.0), rng.uniform(4.5, 9.0), rng.uniform(2.5, 3.4)])
     region = (np.array([-0.2 * L[0], -0.2 * L[1], 0.9]), np.array([0.2 * L[0], 0.2 * L[1], min(1.9, L[2] - 0.5)]))
     quads: list[Quad] = []

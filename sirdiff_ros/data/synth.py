@@ -43,6 +43,7 @@ from .trajectory import SmoothTrajectory, TrajectoryConfig, look_rotation
 
 __all__ = [
     "FRAME_ID",
+    "PRESETS",
     "SynthConfig",
     "default_intrinsics",
     "render_exposure",
@@ -55,6 +56,28 @@ __all__ = [
 
 FRAME_ID = "camera_optical"
 
+# Named option sets for generate_sequence / sirdiff-synth --preset.
+# "slam": sequences where motion blur, not the scene, decides whether a
+# feature-based SLAM system keeps track: 30 fps with a 30 ms exposure (blur
+# of a fast pan is ~0.9x its frame-to-frame motion, so the sharp renders stay
+# trackable through a pan while the exposures smear by tens of pixels), slow
+# steady motion between pans (frames there blur by a few pixels), no pan in
+# the first second (initialisation), and textures repeating half as often
+# (identical copies of a texture in view are ambiguous feature matches).
+PRESETS: dict[str, dict[str, float]] = {
+    "slam": {
+        "fps": 30.0,
+        "exposure_s": 0.03,
+        "speed": 0.5,
+        "angular_speed": 0.25,
+        "burst_rate": 0.3,
+        "burst_speed": 4.0,
+        "burst_angle": 0.8,
+        "burst_start_s": 1.0,
+        "tile_scale": 1.5,
+    },
+}
+
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -66,7 +89,9 @@ class SynthConfig:
     ``texture_size``: long side of photo textures (0 = chosen from the image size);
     ``soften_px``: Gaussian sigma (px) that softens the scene itself, sharp
     render and exposure alike, before sensor noise: a world of smooth textures
-    whose sharp frames have soft edges (0 = off).
+    whose sharp frames have soft edges (0 = off);
+    ``tile_scale``: multiplies the size at which scene textures repeat
+    (see :func:`~sirdiff_ros.data.scene.build_scene`).
     """
 
     width: int = 640
@@ -80,6 +105,7 @@ class SynthConfig:
     downsample: int = 1
     texture_size: int = 0
     soften_px: float = 0.0
+    tile_scale: float = 1.0
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
     def __post_init__(self) -> None:
@@ -97,6 +123,8 @@ class SynthConfig:
             raise ValueError("noise levels must be non-negative")
         if not (0.0 <= self.soften_px <= 20.0):
             raise ValueError(f"soften_px must lie in [0, 20] px, got {self.soften_px}")
+        if not 0.1 <= self.tile_scale <= 20.0:
+            raise ValueError(f"tile_scale must lie in [0.1, 20], got {self.tile_scale}")
         if self.downsample < 1 or self.width % self.downsample or self.height % self.downsample:
             raise ValueError(f"downsample {self.downsample} must be >= 1 and divide {self.width}x{self.height}")
 
@@ -241,15 +269,21 @@ def generate_sequence(seed: int, n_frames: int, width: int = 640, height: int = 
     ``subframes``, ``hfov_deg``, ``noise_std``, ``shot_noise``, ``downsample``,
     ``texture_size``) or :class:`~sirdiff_ros.data.trajectory.TrajectoryConfig`
     fields (``speed``, ``angular_speed``, ``burst_rate``, ``burst_speed``,
-    ``burst_angle``), or ``start_time_s`` (offset of the first frame on the
-    trajectory, default 0). Frame ``i`` is stamped ``(start_time_s + i / fps)``
+    ``burst_angle``, ``burst_start_s``), or ``start_time_s`` (offset of the
+    first frame on the trajectory, default 0), or ``preset`` (a name in
+    :data:`PRESETS` whose options the explicit ones override). Frame ``i`` is stamped ``(start_time_s + i / fps)``
     seconds, in ns.
     """
     if n_frames < 0:
         raise ValueError(f"n_frames must be >= 0, got {n_frames}")
     start = float(options.pop("start_time_s", 0.0))  # type: ignore[arg-type]
+    preset = options.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+        options = {**PRESETS[str(preset)], **options}
     cfg = SynthConfig.from_kwargs(width=width, height=height, **options)
-    scene = build_scene(seed, cfg.resolved_texture_size())
+    scene = build_scene(seed, cfg.resolved_texture_size(), cfg.tile_scale)
     renderer, low = _renderers(cfg, scene)
     traj = SmoothTrajectory(seed, scene.camera_region, cfg.trajectory, duration_s=start + n_frames / cfg.fps + 1.0)
     for i in range(n_frames):
@@ -296,7 +330,7 @@ def sample_view_set(seed: int, n_views: int, width: int = 256, height: int = 192
         raise ValueError(f"n_views must be >= 1, got {n_views}")
     cfg = SynthConfig.from_kwargs(width=width, height=height, **options)
     rng = np.random.default_rng([seed, 0x5E7])
-    scene = build_scene(seed, cfg.resolved_texture_size())
+    scene = build_scene(seed, cfg.resolved_texture_size(), cfg.tile_scale)
     renderer, low = _renderers(cfg, scene)
     poses = _view_poses(scene, rng, n_views, baseline_m)
     strengths = rng.permutation(np.linspace(0.0, 1.0, n_views) if n_views > 1 else np.array([rng.random()]))

@@ -46,9 +46,10 @@ class TrajectoryConfig:
     burst_rate: float = 0.4  # rotation bursts per second (Poisson)
     burst_speed: float = 3.0  # peak angular rate of a burst, rad/s
     burst_angle: float = 0.6  # mean |angle| of a burst, rad
+    burst_start_s: float = 0.0  # no burst starts before this time, s (a SLAM system initialises first)
 
     def __post_init__(self) -> None:
-        for name in ("speed", "angular_speed", "burst_rate", "burst_speed", "burst_angle"):
+        for name in ("speed", "angular_speed", "burst_rate", "burst_speed", "burst_angle", "burst_start_s"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite non-negative number, got {v}")
@@ -93,7 +94,7 @@ class SmoothTrajectory:
         self._ra = amp
         # Bursts: start times and signed yaw angles (quick pans, the common SLAM blur).
         n = int(rng.poisson(config.burst_rate * duration_s)) if config.burst_rate > 0 else 0
-        self._bt = np.sort(rng.uniform(0, duration_s, size=n))
+        self._bt = np.sort(rng.uniform(min(config.burst_start_s, duration_s), duration_s, size=n))
         self._bang = rng.choice([-1.0, 1.0], size=n) * rng.uniform(0.5, 1.5, size=n) * config.burst_angle
         # Raised-cosine rate profile: peak rate = 2 * angle / duration.
         self._bdur = np.where(config.burst_speed > 0, 2 * np.abs(self._bang) / max(config.burst_speed, 1e-9), 0.0)

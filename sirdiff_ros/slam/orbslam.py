@@ -24,8 +24,12 @@ abandoned and a new one started).
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -262,63 +266,97 @@ class SlamRun:
         self.points.append(tracked.points)
 
 
-def _worker(conn: Any, vocabulary: str, intrinsics: tuple, mode: str, fps: float, baseline_m: float | None,
-            features: int) -> None:
-    """Child process: build the tracker, then track frames from ``conn`` until None."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+class _Channel:
+    """Length-prefixed pickles over a pair of pipes, with a timeout on reads."""
+
+    def __init__(self, rfile: Any, wfile: Any) -> None:
+        self.r, self.w = rfile, wfile
+
+    def send(self, obj: Any) -> None:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        self.w.write(struct.pack("<Q", len(data)) + data)
+        self.w.flush()
+
+    def recv(self, timeout_s: float | None = None) -> Any:
+        if timeout_s is not None and not select.select([self.r], [], [], timeout_s)[0]:
+            raise TimeoutError(f"ORB-SLAM3 gave no answer in {timeout_s:.0f} s")
+        head = self.r.read(8)
+        if len(head) < 8:
+            raise EOFError("ORB-SLAM3 process ended")
+        (size,) = struct.unpack("<Q", head)
+        data = self.r.read(size)
+        if len(data) < size:
+            raise EOFError("ORB-SLAM3 process ended mid-message")
+        return pickle.loads(data)
+
+
+def _worker_main() -> None:
+    """Child process (``python -m sirdiff_ros.slam.orbslam``): track frames read from stdin.
+
+    ORB-SLAM3 prints to stdout; the protocol keeps its own copy of the
+    original stdout and points fd 1 at stderr (the caller's log file)."""
+    proto_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    chan = _Channel(sys.stdin.buffer, proto_out)
+    vocabulary, K, mode, fps, baseline_m, features = chan.recv()
     try:
-        slam = OrbSlam(vocabulary, CameraIntrinsics(*intrinsics), mode, fps, baseline_m=baseline_m, features=features)
+        slam = OrbSlam(vocabulary, CameraIntrinsics(*K), mode, fps, baseline_m=baseline_m, features=features)
     except Exception as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        chan.send(("error", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", None))
+    chan.send(("ready", None))
     try:
         while True:
-            item = conn.recv()
+            item = chan.recv()
             if item is None:
                 break
             tr = slam.track(item)
-            conn.send(("frame", (tr.stamp_ns, tr.state, None if tr.pose is None else tr.pose.matrix(), tr.points)))
+            chan.send(("frame", (tr.stamp_ns, tr.state, None if tr.pose is None else tr.pose.matrix(), tr.points)))
     except Exception as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        chan.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         slam.close()
-        conn.send(("done", None))
+    chan.send(("done", None))
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
 
 
 def run_orbslam(frames: Iterable[SlamInput], intrinsics: CameraIntrinsics, mode: str, vocabulary: str | Path, *,
                 fps: float = 10.0, realtime: bool = True, baseline_m: float | None = None,
-                features: int = 1200, timeout_s: float = 120.0) -> SlamRun:
+                features: int = 1200, timeout_s: float = 120.0, log_file: str | Path | None = None) -> SlamRun:
     """Track ``frames`` with ORB-SLAM3 in a child process; returns every frame's state and pose.
 
     ``realtime``: feed a frame no sooner than ``1 / fps`` after the previous
     one (a live camera's pace; ORB-SLAM3's local mapping runs in parallel
     threads and inserts fewer keyframes when frames come faster). A crash or
     hang of the child (``timeout_s`` without an answer) ends the run: frames
-    not tracked are ``CRASHED`` and ``error`` says why.
+    not tracked are ``CRASHED`` and ``error`` says why. ORB-SLAM3's console
+    output goes to ``log_file`` (a temporary file, removed, when not given).
     """
     require_slam()
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     run = SlamRun(mode, vocabulary=str(vocabulary))
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
+    own_log = log_file is None
+    log_path = Path(tempfile.mkstemp(prefix="orbslam3_", suffix=".log")[1]) if own_log else Path(log_file)  # type: ignore[arg-type]
     K = intrinsics
-    proc = ctx.Process(target=_worker, args=(child, str(vocabulary), (K.fx, K.fy, K.cx, K.cy, K.width, K.height),
-                                             mode, fps, baseline_m, features), daemon=True)
     start = time.perf_counter()
-    proc.start()
-    child.close()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=log, env=env)
+    chan = _Channel(proc.stdout, proc.stdin)
     period = 1.0 / fps if realtime else 0.0
-
-    def answer() -> tuple[str, Any]:
-        if not parent.poll(timeout_s):
-            raise TimeoutError(f"ORB-SLAM3 gave no answer in {timeout_s:.0f} s")
-        return parent.recv()
-
     pending: Iterator[SlamInput] = iter(frames)
     try:
-        kind, payload = answer()
+        chan.send((str(vocabulary), (K.fx, K.fy, K.cx, K.cy, K.width, K.height), mode, fps, baseline_m, features))
+        kind, payload = chan.recv(timeout_s)
         if kind == "error":
             raise RuntimeError(payload)
         last = 0.0
@@ -327,29 +365,41 @@ def run_orbslam(frames: Iterable[SlamInput], intrinsics: CameraIntrinsics, mode:
             if wait > 0:
                 time.sleep(wait)
             last = time.perf_counter()
-            parent.send(frame)
-            kind, payload = answer()
+            chan.send(frame)
+            kind, payload = chan.recv(timeout_s)
             if kind != "frame":
                 raise RuntimeError(payload or "ORB-SLAM3 stopped")
             stamp, state, T, points = payload
             run.add(TrackedFrame(stamp, state, None if T is None else Pose.from_matrix(T), points))
-        parent.send(None)
-        answer()  # "done": threads shut down
+        chan.send(None)
+        chan.recv(timeout_s)  # "done": ORB-SLAM3's threads are shut down
     except (EOFError, OSError, TimeoutError, RuntimeError) as exc:
-        proc.join(1.0)
-        code = proc.exitcode
+        try:
+            code = proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            code = None
         why = str(exc) or type(exc).__name__
         if code is not None and code < 0:
             why = f"ORB-SLAM3 crashed (signal {-code})"
-        run.error = f"{why} after {len(run.states)} frames"
+        elif code:
+            why = f"ORB-SLAM3 exited with status {code}"
+        tail = _log_tail(log_path)
+        run.error = f"{why} after {len(run.states)} frames" + (f"; its log ends: {tail}" if tail else "")
         for frame in pending:  # the rest of the stream is reported, as never tracked
             run.add(TrackedFrame(frame.stamp_ns, "CRASHED", None))
     finally:
-        proc.join(10.0)
-        if proc.is_alive():
+        for f in (proc.stdin, proc.stdout):
+            try:
+                f.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+        try:
+            proc.wait(10.0)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            proc.join()
-        parent.close()
+            proc.wait()
+        if own_log:
+            log_path.unlink(missing_ok=True)
     run.wall_s = time.perf_counter() - start
     return run
 
@@ -441,3 +491,7 @@ def slam_metrics(run: SlamRun, ground_truth: Mapping[int, Pose], *, min_segment:
     if run.mode == "mono" and scales:
         out["sim3_scale"] = scales[0]
     return out
+
+
+if __name__ == "__main__":
+    _worker_main()
