@@ -97,7 +97,7 @@ demo: venv
 bench: venv
 	cd $(REPO) && for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
 
-# Issue 7's held-out measurement of a SIR-Diff checkpoint (default: the shipped one).
+# The held-out measurement of a SIR-Diff checkpoint (default: the shipped one; docs/model.md).
 eval-model: venv
 	cd $(REPO) && PY=$(PY) scripts/eval_model.sh "$(CHECKPOINT)" $(or $(EVAL_OUT),runs/eval_model) heldout
 

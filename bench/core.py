@@ -3,7 +3,7 @@
     .venv/bin/python bench/core.py [--quick] [--picture]
 
 Prints a table and writes bench/results/core.json (and, with --picture,
-docs/images/fusion_example.png). Goals (issue 4): view selection with 1,000
+docs/images/fusion_example.png). Goals: view selection with 1,000
 keyframes < 1 ms; fusion of a 640x480 target with 3 partners < 100 ms on 2
 cores; the memory of 1,000 640x480 keyframes stated with its bound. Wall times
 depend on the load of this shared 2-core machine, so the load average and

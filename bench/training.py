@@ -11,7 +11,7 @@ alone, same weights) and ``fusion`` (geometric, uses poses and depth-free flow).
     .venv/bin/python bench/training.py --checkpoint sirdiff_ros/weights/sirdiff-cpu --sets 12
 
 Results: bench/results/training.json (or --out). This is the training
-monitor; the sequence-level numbers for issue 7 come from ``sirdiff-eval``.
+monitor; the sequence-level numbers of the acceptance table come from ``sirdiff-eval``.
 """
 
 from __future__ import annotations

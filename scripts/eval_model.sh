@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7's measurement of a SIR-Diff checkpoint, on the held-out split or on validation.
+# The acceptance measurement of a SIR-Diff checkpoint, on the held-out split or on validation.
 #
 #   scripts/eval_model.sh [CHECKPOINT] [OUT] [SPLIT]
 #     make eval-model     CHECKPOINT=... EVAL_OUT=...     (SPLIT heldout: the deciding numbers)

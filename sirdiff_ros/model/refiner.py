@@ -3,7 +3,7 @@
 The CPU presets' encoder is a lossless space-to-depth x4: the UNet's finest
 level sees 4x4 pixel blocks as 48 channels through 32 feature channels, so it
 cannot produce per-pixel corrections such as removing sensor noise. Measured
-on a validation sequence with the stage-9 weights: the restored targets'
+on a validation sequence with an earlier UNet (MODEL_CARD.md): the restored targets'
 high-frequency error (above a 1.5 px Gaussian) fell only from 24.8e-4 to
 22.8e-4 (MSE) where the noise-free blurred frames have 21.5e-4, and a plain
 non-local-means filter on the *output* added +0.43 dB. SD's VAE decoder is a

@@ -740,16 +740,14 @@ def main(args: list[str] | None = None) -> int:
         print(f"sirdiff-restore: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
         return 2
-    if node.autostart:
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            print(f"sirdiff-restore: {node.startup_error or 'configure failed'}", file=sys.stderr, flush=True)
-            node.destroy_node()
-            rclpy.try_shutdown()
-            return 2
-        node.trigger_activate()
     executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
+    try:  # SIGINT may come at any point from here on, even while the model loads
+        if node.autostart:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                print(f"sirdiff-restore: {node.startup_error or 'configure failed'}", file=sys.stderr, flush=True)
+                return 2
+            node.trigger_activate()
+        executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -47,7 +47,7 @@ def _resolve_dtype(dtype: str | None, device: str):
 
 
 def _load_pipeline(checkpoint: str | Path | None, sd21: str | Path | None, svd: str | Path | None, device: str, dtype):
-    """Pipeline from a trained checkpoint folder, or from SD 2.1 (+ SVD) folders (E1's initialisation)."""
+    """Pipeline from a trained checkpoint folder, or from SD 2.1 (+ SVD) folders (the paper's initialisation)."""
     from ...model.pipeline import CheckpointError, SirDiffPipeline
 
     if sd21 is not None:
