@@ -251,3 +251,58 @@ def test_orbslam_child_failure_is_reported_not_raised(tmp_path: Path) -> None:
     inputs = [SlamInput(f.stamp_ns, f.image) for f in frames]
     run = run_orbslam(inputs, frames[0].intrinsics, "mono", broken, timeout_s=60.0)
     assert run.error and run.states == ["CRASHED"] * 3
+
+
+# -- sirdiff-eval --slam ---------------------------------------------------------------
+
+
+def test_eval_slam_option_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sirdiff_ros.evaluation.cli import main as eval_main
+
+    assert eval_main([str(tmp_path / "none.db3"), "--out", str(tmp_path / "o"), "--slam", "vins"]) == 2
+    assert "only 'orbslam3" in capsys.readouterr().err
+
+
+def test_eval_slam_reports_every_stream(tmp_path: Path, small_vocabulary: Path) -> None:
+    pytest.importorskip("pyorbslam3", reason=NEEDS_SLAM)
+    import json
+
+    from sirdiff_ros.data.bags import write_frames_bag
+    from sirdiff_ros.evaluation.cli import main as eval_main
+
+    n = 40
+    bag = tmp_path / "bag"
+    write_frames_bag(bag, generate_sequence(1_000_002, n, 640, 480, preset="slam"), fmt="db3")
+    out = tmp_path / "eval"
+    rc = eval_main([str(bag), "--out", str(out), "--backend", "passthrough,fusion", "--no-mapping", "--no-bag",
+                    "--quiet", "--slam", "orbslam3:mono,orbslam3:rgbd", "--orb-vocab", str(small_vocabulary)])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["slam"]["vocabulary"] == {"path": str(small_vocabulary), "source": "given", "words": None}
+    assert report["slam"]["modes"] == ["mono", "rgbd"] and report["slam"]["fps"] == pytest.approx(30.0)
+    for stream in ("input", "passthrough", "fusion"):
+        for mode in ("mono", "rgbd"):
+            m = report["backends"][stream]["slam"][mode]
+            assert m["frames"] == n and len(m["timeline"]) == n
+            assert m["lost_frames"] + m["tracked_frames"] + m["not_initialized_frames"] == n
+    # passthrough republishes the input unchanged: the very same run.
+    assert report["backends"]["passthrough"]["slam"] == report["backends"]["input"]["slam"]
+    rgbd = report["backends"]["input"]["slam"]["rgbd"]
+    assert rgbd["first_tracked_frame"] == 0 and rgbd["tracked_fraction"] > 0.8 and rgbd["ate_rmse_m"] < 0.05
+    md = (out / "report.md").read_text()
+    assert "## SLAM in the loop (ORB-SLAM3)" in md and "| fusion | rgbd |" in md
+    for plot in ("slam_timeline.png", "slam_trajectories.png"):
+        assert (out / plot).stat().st_size > 5000 and f"]({plot})" in md
+
+
+def test_eval_slam_refuses_stereo_without_a_right_camera(tmp_path: Path, small_vocabulary: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("pyorbslam3", reason=NEEDS_SLAM)
+    from sirdiff_ros.data.bags import write_frames_bag
+    from sirdiff_ros.evaluation.cli import main as eval_main
+
+    bag = tmp_path / "bag"
+    write_frames_bag(bag, generate_sequence(1_000_002, 2, 64, 48), fmt="db3")
+    rc = eval_main([str(bag), "--out", str(tmp_path / "o"), "--no-mapping", "--no-bag", "--quiet",
+                    "--slam", "orbslam3:stereo", "--orb-vocab", str(small_vocabulary)])
+    assert rc == 2 and "right camera" in capsys.readouterr().err

@@ -70,6 +70,18 @@ def _cli_wording(message: str) -> str:
     return message
 
 
+def _slam_modes(specs: list[str]) -> tuple[str, ...]:
+    """``--slam`` values (``orbslam3:mono,orbslam3:rgbd`` ...) -> distinct modes in the order given."""
+    from ..slam.orbslam import parse_slam_spec
+
+    modes: list[str] = []
+    for spec in (s for v in specs for s in v.split(",") if s.strip()):
+        mode = parse_slam_spec(spec)
+        if mode not in modes:
+            modes.append(mode)
+    return tuple(modes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sirdiff-eval",
@@ -108,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many images")
     p.add_argument("--no-mapping", action="store_true", help="skip the pycolmap mapping evaluation")
     p.add_argument("--no-bag", action="store_true", help="do not write the restored bag")
+    p.add_argument(
+        "--slam",
+        action="append",
+        metavar="orbslam3[:mono|rgbd]",
+        help="run ORB-SLAM3 on the input and on every backend's full output stream (repeat or comma-separate "
+        "for several modes; needs the optional extra sirdiff_ros[slam])",
+    )
+    p.add_argument(
+        "--orb-vocab",
+        type=Path,
+        help="DBoW2 ORB vocabulary for --slam (e.g. the official ORBvoc.txt; default $PYORBSLAM3_VOCAB, else a "
+        "vocabulary built once from training-split synthetic renders, see sirdiff-vocab)",
+    )
     p.add_argument("--bag-format", choices=("db3", "mcap"), default="db3", help="restored bag storage")
     p.add_argument("--device", default=None, help="device for model backends (cpu, cuda:0)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps for model backends")
@@ -121,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="sirdiff-eval: %(message)s")
     from ..core.restorers import available_restorers
     from ..data.bags import BagError
+    from ..slam.orbslam import SlamUnavailable
     from .replay import ReplayConfig, evaluate_bag
 
     backends = tuple(b.strip() for b in args.backend.split(",") if b.strip())
@@ -128,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     bad = [b for b in backends if b not in known]
     if bad:
         print(f"sirdiff-eval: unknown backend(s) {', '.join(bad)}; available: {', '.join(known)}", file=sys.stderr)
+        return 2
+    try:
+        slam_modes = _slam_modes(args.slam or [])
+    except ValueError as exc:
+        print(f"sirdiff-eval: {exc}", file=sys.stderr)
         return 2
     model_opts = {k: v for k, v in (("device", args.device), ("steps", args.steps), ("checkpoint", args.checkpoint)) if v is not None}
     options = {b: model_opts for b in backends if b.startswith("sirdiff")}
@@ -140,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             backend_options=options,
             max_frames=args.max_frames,
             mapping=not args.no_mapping,
+            slam_modes=slam_modes,
+            slam_vocabulary=str(args.orb_vocab) if args.orb_vocab else None,
         )
         result = evaluate_bag(
             args.bag,
@@ -155,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             else {"seed": args.degrade, "fraction": args.degrade_fraction, "depth_prior": args.degrade_depth},
             announce=log.info,
         )
-    except (BagError, ValueError, FileExistsError) as exc:
+    except (BagError, ValueError, FileExistsError, SlamUnavailable) as exc:
         print(f"sirdiff-eval: {_cli_wording(str(exc))}", file=sys.stderr)
         return 2
     print(f"sirdiff-eval: {result.frames} frames, {len(result.records)} keyframes, {len(result.targets)} targets; "

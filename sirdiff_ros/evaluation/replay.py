@@ -18,7 +18,9 @@ measure (definitions in :mod:`.metrics` and the README):
   *in the same stream* (restored if the partner was itself restored):
   reprojection consistency (with depth), ORB/SIFT matches and RANSAC
   inliers, the SIFT inliers' epipolar error under the known poses;
-* after the replay, pycolmap mapping of all keyframes of each stream.
+* after the replay, pycolmap mapping of all keyframes of each stream;
+* with ``slam_modes``, ORB-SLAM3 over every frame of each stream (the full
+  stream the node republishes), see :mod:`.slam_eval`.
 
 Work is shared where the images are identical: a stream whose images in a
 view set equal the input's reuses the input's numbers (exactly the same
@@ -72,6 +74,8 @@ class ReplayConfig:
     mapping_options: MappingOptions = field(default_factory=MappingOptions)
     min_inliers: int = 15
     consistency_step: int = 2
+    slam_modes: tuple[str, ...] = ()
+    slam_vocabulary: str | None = None
 
     def __post_init__(self) -> None:
         if not self.backends:
@@ -101,6 +105,7 @@ class ReplayConfig:
             "mapping": self.mapping,
             "min_inliers": self.min_inliers,
             "consistency_step": self.consistency_step,
+            "slam_modes": list(self.slam_modes),
         }
 
 
@@ -172,6 +177,16 @@ class Replay:
         self._outputs: dict[int, dict[str, tuple[str, np.ndarray]]] = {}
         self._feature_cache: dict[tuple[int, str, str], Features] = {}
         self._keyframes: list[_KeyframeInfo] = []
+        self._slam = None
+        if cfg.slam_modes:
+            from ..slam.orbslam import require_slam
+            from ..slam.vocabulary import resolve_vocabulary
+            from .slam_eval import SlamRecorder
+
+            require_slam()
+            # Resolved (and, the first time, built) before the replay: a missing file fails now, not after it.
+            self._slam_vocabulary = resolve_vocabulary(cfg.slam_vocabulary, announce=log.info)
+            self._slam = SlamRecorder(self.workdir / "slam", self.streams, cfg.slam_modes)
 
     # -- feeding -------------------------------------------------------------------
     def feed(self, frame: Frame) -> None:
@@ -194,6 +209,10 @@ class Replay:
             if self.sink is not None:
                 self.sink.write(name, out)
         self.result.frames += 1
+        if self._slam is not None:
+            streams = {INPUT: (INPUT, frame.image)}
+            streams.update({n: (_image_key(o.image, frame.image, n), o.image) for n, o in outcomes.items()})
+            self._slam.add(frame, streams)
         if decision.is_keyframe:
             self._evaluate_keyframe(index, decision, outcomes)
 
@@ -386,9 +405,23 @@ class Replay:
             done[files] = res
             self.result.mapping[stream] = res
 
+    def _run_slam(self) -> None:
+        rec = self._slam
+        if rec is None or not rec.frames:
+            return
+        outcomes = rec.run(self._slam_vocabulary.path)
+        res = self.result
+        res.slam = {stream: {mode: o.metrics for mode, o in modes.items()} for stream, modes in outcomes.items()}
+        res.slam_outcomes = outcomes
+        res.slam_ground_truth = rec.ground_truth()
+        res.slam_input_sharpness = rec.input_sharpness()
+        res.slam_info = {"system": "orbslam3", "modes": list(rec.modes), "fps": rec.fps(),
+                         "vocabulary": self._slam_vocabulary.as_dict()}
+
     # -- result --------------------------------------------------------------------
-    def finish(self, *, partial: bool = False, error: str = "", mapping: bool | None = None) -> EvaluationResult:
-        """Run mapping (unless disabled), compute throughput, clean up; return the result."""
+    def finish(self, *, partial: bool = False, error: str = "", mapping: bool | None = None,
+               slam: bool | None = None) -> EvaluationResult:
+        """Run mapping and SLAM (unless disabled), compute throughput, clean up; return the result."""
         res = self.result
         res.partial = res.partial or partial
         if error:
@@ -396,6 +429,8 @@ class Replay:
         try:
             if self.config.mapping if mapping is None else mapping:
                 self._run_mapping()
+            if slam is None or slam:
+                self._run_slam()
         finally:
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -463,8 +498,8 @@ def evaluate_frames(
             replay.feed(frame)
     except KeyboardInterrupt:
         error = f"interrupted after {replay.result.frames} frames"
-        log.error("%s; writing a partial report (mapping skipped)", error)
-        return replay.finish(partial=True, error=error, mapping=False)
+        log.error("%s; writing a partial report (mapping and SLAM skipped)", error)
+        return replay.finish(partial=True, error=error, mapping=False, slam=False)
     return replay.finish(partial=bool(error), error=error)
 
 

@@ -137,6 +137,13 @@ class EvaluationResult:
     crops: dict[str, dict[str, CropCandidate]] = field(default_factory=dict)  # backend -> kind -> candidate
     config: dict[str, Any] = field(default_factory=dict)
     restored_bag: str = ""
+    # ORB-SLAM3 on each stream: stream -> mode -> metrics; slam_info: vocabulary, modes, frame rate;
+    # slam_outcomes (runs with per-frame poses), slam_ground_truth and slam_input_sharpness feed the plots only.
+    slam: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    slam_info: dict[str, Any] = field(default_factory=dict)
+    slam_outcomes: dict[str, Any] = field(default_factory=dict, repr=False)
+    slam_ground_truth: dict[int, Any] = field(default_factory=dict, repr=False)
+    slam_input_sharpness: list[float] = field(default_factory=list, repr=False)
 
     @property
     def backends(self) -> list[str]:
@@ -197,6 +204,8 @@ def aggregate(result: EvaluationResult) -> dict[str, dict[str, Any]]:
                 agg["throughput_fps"] = result.throughput_fps[stream]
         if stream in result.mapping:
             agg["mapping"] = result.mapping[stream]
+        if stream in result.slam:
+            agg["slam"] = result.slam[stream]
         out[stream] = agg
     return out
 
@@ -306,6 +315,8 @@ def report_markdown(report: Mapping[str, Any]) -> str:
                 f"| {name} | {m['registered']} / {m['images']} | {m['points3d']} | {_fmt(m['reprojection_px'])} | "
                 f"{_fmt(m['ate_rmse_m'], 4)} | {_fmt(m['rotation_deg'])} |"
             )
+    if report.get("slam"):
+        lines += ["", *slam_table(report)]
     if report.get("crops"):
         lines += ["", "## Before / after", ""]
         for name, kinds in report["crops"].items():
@@ -318,6 +329,33 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         lines += ["", "## Per-keyframe gains", ""] + [f"![gains]({p})" for p in report["plots"]]
     lines += ["", "Metric definitions: see the README section *Rosbag replay evaluation*.", ""]
     return "\n".join(lines)
+
+
+def slam_table(report: Mapping[str, Any]) -> list[str]:
+    """The ORB-SLAM3 section of report.md: one row per (stream, mode), then the plots."""
+    info = report["slam"]
+    voc = info.get("vocabulary", {})
+    lines = [
+        "## SLAM in the loop (ORB-SLAM3)",
+        "",
+        f"Vocabulary: `{voc.get('path')}` ({voc.get('source')}); frames fed at {_fmt(info.get('fps'), 1)} fps. "
+        "ATE / RPE: translation RMSE against the bag's poses over the tracked frames, each map segment aligned "
+        "on its own (Sim3 monocular, SE3 RGB-D).",
+        "",
+        "| stream | mode | tracked | lost frames | first tracked | map resets | ATE RMSE m | RPE RMSE m | frames in ATE |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, agg in report["backends"].items():
+        for mode, m in (agg.get("slam") or {}).items():
+            err = f" ({m['error']})" if m.get("error") else ""
+            lines.append(
+                f"| {name} | {mode} | {_fmt(100 * m['tracked_fraction'] if m.get('tracked_fraction') is not None else None, 1)} % | "
+                f"{m['lost_frames']} | {m['first_tracked_frame'] if m['first_tracked_frame'] is not None else '-'} | "
+                f"{m['map_resets']} | {_fmt(m.get('ate_rmse_m'), 4)} | {_fmt(m.get('rpe_rmse_m'), 4)} | "
+                f"{m.get('ate_frames', 0)}{err} |"
+            )
+    lines += [""] + [f"![{Path(p).stem}]({p})" for p in info.get("plots", [])]
+    return lines
 
 
 def _crop_box(cand: CropCandidate, size: int) -> tuple[int, int, int, int]:
@@ -406,6 +444,16 @@ def write_report(result: EvaluationResult, out_dir: Path) -> dict[str, Any]:
             _save_crop(cand, backend, out_dir / rel)
             crops.setdefault(backend, {})[kind] = {"file": rel, "stamp_ns": cand.stamp_ns, "gain": cand.gain}
     plots = ["gains.png"] if _plot_gains(result, out_dir / "gains.png") else []
+    slam_info: dict[str, Any] = {}
+    if result.slam_info:
+        from .slam_eval import plot_timeline, plot_trajectories
+
+        slam_plots = []
+        if plot_timeline(result.slam_outcomes, result.slam_input_sharpness, out_dir / "slam_timeline.png"):
+            slam_plots.append("slam_timeline.png")
+        if plot_trajectories(result.slam_outcomes, result.slam_ground_truth, out_dir / "slam_trajectories.png"):
+            slam_plots.append("slam_trajectories.png")
+        slam_info = {**result.slam_info, "plots": slam_plots}
     report = {
         "source": result.source,
         "partial": result.partial,
@@ -425,6 +473,8 @@ def write_report(result: EvaluationResult, out_dir: Path) -> dict[str, Any]:
         "plots": plots,
         "restored_bag": result.restored_bag or None,
     }
+    if slam_info:
+        report["slam"] = slam_info
     report = _jsonable(report)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     (out_dir / "report.md").write_text(report_markdown(report))
