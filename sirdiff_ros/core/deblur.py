@@ -209,16 +209,18 @@ def _tv_divergence(x: np.ndarray, eps: float = 1e-3) -> np.ndarray:
     return px + py
 
 
-def richardson_lucy(y: np.ndarray, op: MotionBlurOperator, iterations: int, tv_weight: float = TV_WEIGHT) -> np.ndarray:
+def richardson_lucy(y: np.ndarray, op: MotionBlurOperator, iterations: int, tv_weight: float = TV_WEIGHT,
+                    start: np.ndarray | None = None) -> np.ndarray:
     """Richardson-Lucy deconvolution of linear float32 ``y`` under ``op``, with a total-variation prior.
 
-    ``x <- x A^T(y / A x) / (A^T 1 - tv_weight div(grad x / |grad x|))``; the
-    denominator is floored so that a strong edge never divides by ~0.
+    ``x <- x A^T(y / A x) / (A^T 1 - tv_weight div(grad x / |grad x|))`` from
+    ``start`` (default ``y``); the denominator is floored so that a strong
+    edge never divides by ~0.
     """
     eps = np.float32(1e-4)
     y = np.maximum(y, 0).astype(np.float32)
     norm = np.maximum(op.adjoint(np.ones_like(y)), eps)
-    x = y.copy()
+    x = (y if start is None else np.clip(start, 0.0, 1.5)).astype(np.float32, copy=True)
     for _ in range(iterations):
         ratio = y / np.maximum(op.blur(x), eps)
         den = norm if tv_weight <= 0 else np.maximum(norm - np.float32(tv_weight) * _tv_divergence(x), 0.2)
@@ -227,13 +229,38 @@ def richardson_lucy(y: np.ndarray, op: MotionBlurOperator, iterations: int, tv_w
     return x
 
 
-def deblur_image(image: np.ndarray, op: MotionBlurOperator, iterations: int | None = None) -> np.ndarray:
-    """Deblurred uint8 sRGB (or mono) ``image`` under ``op`` (a copy; the input is untouched)."""
+# Blur from which the deconvolution runs at half resolution first, and the
+# full-resolution iterations that then restore the finest detail. On training
+# photos at 640x480: 2.8x faster than full resolution throughout, 0.2 dB lower.
+COARSE_FROM_PX = 8.0
+REFINE_ITERATIONS = 4
+
+
+def deblur_image(image: np.ndarray, motion: ExposureMotion, intrinsics: CameraIntrinsics,
+                 depth: float | np.ndarray, iterations: int | None = None) -> tuple[np.ndarray, float]:
+    """(deblurred uint8 sRGB or mono ``image``, its predicted blur px) under ``motion``; the input is untouched.
+
+    Blur of :data:`COARSE_FROM_PX` or more is first inverted at half
+    resolution (a quarter of the pixels, half the blur), its correction
+    upsampled onto the observation, then refined by
+    :data:`REFINE_ITERATIONS` full-resolution iterations.
+    """
     if image.dtype != np.uint8:
         raise ValueError(f"deblur_image expects uint8, got {image.dtype}")
-    n = default_iterations(op.blur_px) if iterations is None else int(iterations)
-    x = richardson_lucy(srgb_to_linear(image), op, n)
-    return linear_to_srgb(np.clip(x, 0.0, 1.0))
+    y = srgb_to_linear(image)
+    op = MotionBlurOperator(motion, intrinsics, depth)
+    if op.blur_px < COARSE_FROM_PX or iterations is not None:
+        n = default_iterations(op.blur_px) if iterations is None else int(iterations)
+        return linear_to_srgb(np.clip(richardson_lucy(y, op, n), 0.0, 1.0)), op.blur_px
+    half = intrinsics.scaled(0.5)
+    y_half = cv2.resize(y, (half.width, half.height), interpolation=cv2.INTER_AREA)
+    depth_half = depth if not np.ndim(depth) else cv2.resize(np.asarray(depth, np.float32), (half.width, half.height),
+                                                             interpolation=cv2.INTER_NEAREST)
+    op_half = MotionBlurOperator(motion, half, depth_half)
+    x_half = richardson_lucy(y_half, op_half, default_iterations(op_half.blur_px))
+    start = y + cv2.resize(x_half - y_half, (intrinsics.width, intrinsics.height), interpolation=cv2.INTER_LINEAR)
+    x = richardson_lucy(y, op, REFINE_ITERATIONS, start=start)
+    return linear_to_srgb(np.clip(x, 0.0, 1.0)), op.blur_px
 
 
 def deblurred_view(frame: Frame) -> Frame:
@@ -255,10 +282,10 @@ def deblurred_view(frame: Frame) -> Frame:
     if motion.blur_px(frame.intrinsics, motion.depth_m) < MIN_BLUR_PX:
         out = frame
     else:
-        op = MotionBlurOperator(motion, frame.intrinsics, depth)
+        image, blur_px = deblur_image(frame.image, motion, frame.intrinsics, depth)
         # The new image is no longer blurred by the motion: drop it, so deblurring is idempotent.
         extras = {k: v for k, v in frame.extras.items() if k not in (_CACHE_KEY, EXPOSURE_MOTION_KEY)}
-        out = replace(frame, image=deblur_image(frame.image, op), extras={**extras, "deblur_px": op.blur_px})
+        out = replace(frame, image=image, extras={**extras, "deblur_px": blur_px})
     # One deblurring per frame: a keyframe serves as partner of several targets.
     frame.extras[_CACHE_KEY] = out
     return out
