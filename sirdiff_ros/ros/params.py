@@ -89,14 +89,15 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("gate_window", _PC.gate_window, "Recent keyframes whose sharpness forms the blur reference.", min=1, max=1000, group="keyframes"),
     ParamSpec("gate_quantile", _PC.gate_quantile, "Quantile of the peers' sharpness used as the reference.", min=0.0, max=1.0, group="keyframes"),
     ParamSpec("gate_min_peers", _PC.gate_min_peers, "Keyframes needed before any target is chosen.", min=1, max=1000, group="keyframes"),
-    ParamSpec("exposure_s", _PC.exposure_s, "Camera exposure time, seconds; > 0 lets the camera's motion predict blur (0: sharpness gate only).", min=0.0, max=1.0, group="keyframes"),
+    ParamSpec("exposure_s", _PC.exposure_s, "Camera exposure time, seconds; > 0 lets the camera's motion predict and invert blur (0: sharpness gate only, no deblurring).", min=0.0, max=1.0, group="keyframes"),
     ParamSpec("motion_blur_px", _PC.motion_blur_px, "With exposure_s: predicted motion blur (pixels) that makes a keyframe a target.", min=0.1, max=1000.0, group="keyframes"),
     ParamSpec("max_velocity_gap_s", _PC.max_velocity_gap_s, "With exposure_s: no velocity (no prediction) from a previous pose older than this, seconds.", min=0.001, max=60.0, group="keyframes"),
+    ParamSpec("deconvolve", _PC.deconvolve, "With exposure_s: deblur every view of a set by its own motion before the backend.", group="restoration"),
     ParamSpec("min_overlap", _PC.min_overlap, "Partners must see at least this fraction of the target's view.", min=0.0, max=1.0, group="keyframes"),
     ParamSpec("min_depth", float(_PC.depth_range[0]), "Scene depth range assumed for overlap without depth, near end, metres.", min=0.001, max=1000.0, group="keyframes"),
     ParamSpec("max_depth", float(_PC.depth_range[1]), "... far end, metres.", min=0.001, max=1e6, group="keyframes"),
     ParamSpec("sharpness_weight", _PC.sharpness_weight, "Weight of partner sharpness against overlap when choosing partners.", min=0.0, max=1.0, group="keyframes"),
-    ParamSpec("latency_budget_s", 1.0, "stream mode: a target not restored this long after arrival is published as the original (latency_budget).", min=0.0, max=60.0, read_only=False, group="restoration"),
+    ParamSpec("latency_budget_s", 1.0, "stream mode: a target not restored this long after arrival is published as the original (latency_budget).", min=0.0, max=3600.0, read_only=False, group="restoration"),
     ParamSpec("queue_size", 2, "Restoration targets waiting for the worker.", min=1, max=100, group="restoration"),
     ParamSpec("drop_policy", "drop_oldest", "When the worker queue is full: drop_oldest (the waiting target is passed through) or drop_newest.", choices=("drop_oldest", "drop_newest"), read_only=False, group="restoration"),
     ParamSpec("max_pending_output", 64, "stream mode: images held behind a pending target; beyond it the oldest target is passed through.", min=1, max=10000, group="restoration"),
@@ -138,6 +139,7 @@ def pipeline_config(values: dict[str, Any]) -> PipelineConfig:
         exposure_s=v["exposure_s"],
         motion_blur_px=v["motion_blur_px"],
         max_velocity_gap_s=v["max_velocity_gap_s"],
+        deconvolve=v["deconvolve"],
     )
 
 
