@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{preset:6s} {w}x{h}  4 steps {r['seconds_4']:7.2f} s  10 steps {r['seconds_10']:7.2f} s  "
                   f"peak {r['peak_rss_mb']:7.0f} MB  tiles {r['tiles']}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"cases": rows, "note": "CPU, shared machine; see README"}, indent=2))
+    Path(args.out).write_text(json.dumps({"cases": rows, "note": "CPU, shared machine; see docs/model.md"}, indent=2))
     return 0
 
 

@@ -8,7 +8,7 @@ keyframe buffer, which only ``ingest`` changes). The replay is synchronous
 and deterministic: no frame is dropped for latency, unlike on a robot.
 
 For each keyframe and each stream (``input`` and every backend's output) we
-measure (definitions in :mod:`.metrics` and the README):
+measure (definitions in :mod:`.metrics` and docs/evaluation.md):
 
 * PSNR / SSIM of the keyframe against ``frame.extras['sharp']`` when the
   frame carries ground truth of the same size;

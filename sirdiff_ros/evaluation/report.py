@@ -6,7 +6,7 @@ stream (:class:`KeyframeRecord`); :func:`aggregate` reduces them per stream,
 over all keyframes and over restoration targets only; :func:`write_report`
 writes ``report.json``, ``report.md``, before/after crops and gain plots.
 
-Aggregation rules (also in the README):
+Aggregation rules (also in docs/evaluation.md):
 
 * quality and matching metrics: mean over the keyframes where the metric is
   defined (finite); ``n_<metric>`` says how many;
@@ -327,7 +327,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
                 )
     if report.get("plots"):
         lines += ["", "## Per-keyframe gains", ""] + [f"![gains]({p})" for p in report["plots"]]
-    lines += ["", "Metric definitions: see the README section *Rosbag replay evaluation*.", ""]
+    lines += ["", "Metric definitions: see docs/evaluation.md in the sirdiff_ros repository.", ""]
     return "\n".join(lines)
 
 

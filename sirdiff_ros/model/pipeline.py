@@ -108,7 +108,7 @@ def make_scheduler(kind: str = "ddim", prediction_type: str = "epsilon", zero_te
     (needs v- or x0-prediction). Without it, training inputs at t=999 still
     hold ``0.068 * x0``, which a model learns to read although sampling never
     provides it; measured on the shipped model: +1.1 dB from that leak at
-    t=999, +0.04 dB from actual 1-step sampling (README).
+    t=999, +0.04 dB from actual 1-step sampling (docs/model.md).
     """
     if zero_terminal_snr and prediction_type == "epsilon":
         raise ValueError("zero_terminal_snr needs prediction_type 'v_prediction' or 'sample' (eps is undefined at SNR 0)")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any
 
 from ..core.registration import REGISTRATION
 
@@ -39,6 +41,66 @@ def _range(text: str) -> tuple[int, int]:
     if lo < 1 or hi < lo:
         raise argparse.ArgumentTypeError(f"view range must look like 1-4, got {text!r}")
     return lo, hi
+
+
+def _run_options(p: argparse.ArgumentParser, config_cls: type) -> None:
+    """The options train and refine runs share; a run's config is their one source of defaults."""
+    from .trainer import LR_SCHEDULES
+
+    p.add_argument("--steps", type=int, dest="max_steps", help="total steps to reach")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--crop", type=_size, help="random crop WxH (same window in all views)")
+    p.add_argument("--views", type=_range, dest="n_views", help="random views per batch, e.g. 1-4")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="after warmup: constant, or cosine decay to 0 at --steps")
+    p.add_argument("--soften-fraction", type=float,
+                   help="share of sets seen on a Gaussian-softened scene (sharp and blurred views alike): "
+                        "soft textures are not motion blur")
+    p.add_argument("--soften-sigma", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="range of the softening Gaussian's sigma in px")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--save-every", type=int)
+    p.add_argument("--threads", type=int, dest="num_threads", help="torch threads (1 is fastest on a shared CPU)")
+    p.add_argument("--stop-after", type=int, default=None, help="train at most this many steps in this call")
+    # Defaults and the (default: ...) of every help text come from the config dataclass.
+    defaults = {f.name: f.default for f in fields(config_cls) if f.default is not MISSING}
+    for action in p._actions:
+        if action.dest in defaults and action.default in (None, False):
+            value = defaults[action.dest]
+            if action.dest == "crop" and value is not None:
+                value = (value[1], value[0])  # the config holds (h, w), the option WxH
+            action.default = value
+            shown = {"crop": "x", "n_views": "-", "soften_sigma": " "}.get(action.dest, "").join(map(str, value)) \
+                if isinstance(value, tuple) else value
+            action.help = f"{action.help or ''} (default: {shown})".strip()
+
+
+def _config_from_args(config_cls: type, args: argparse.Namespace, **extra: Any) -> Any:
+    """A new run's config from the parsed options (every field an option sets, plus ``extra``)."""
+    values = {f.name: getattr(args, f.name) for f in fields(config_cls) if hasattr(args, f.name)}
+    if values.get("crop") is not None:
+        values["crop"] = (values["crop"][1], values["crop"][0])  # WxH -> (h, w)
+    if values.get("soften_sigma") is not None:
+        values["soften_sigma"] = tuple(values["soften_sigma"])
+    cache = args.cache[0] if len(args.cache) == 1 else args.cache  # one folder: run.json as before
+    return config_cls(**{**values, "cache": cache, **extra})
+
+
+class _UsageError(Exception):
+    """A command line that cannot start the run (reported with exit code 2)."""
+
+
+def _run_config(config_cls: type, args: argparse.Namespace, required: tuple[str, ...], **extra: Any) -> Any:
+    """The config of ``args.run``: its run.json (resumed; --steps moves the goal) or a new one."""
+    run = Path(args.run)
+    if (run / "run.json").is_file():
+        cfg = config_cls.from_json(run / "run.json")
+        cfg.max_steps = args.max_steps
+        return cfg
+    missing = [f"--{name}" for name in required if not getattr(args, name)]
+    if missing:
+        raise _UsageError(f"{run} is a new run; {' and '.join(missing)} required")
+    return _config_from_args(config_cls, args, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,67 +142,44 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of the target choice")
     r.add_argument("--shard-size", type=int, default=64)
 
+    from .refine import RefineConfig
+    from .trainer import TrainConfig
+
     t = sub.add_parser("train", help="train or resume a run")
     t.add_argument("--run", required=True, help="run folder (resumed if it holds checkpoints)")
     t.add_argument("--cache", nargs="+", help="shard folder(s), concatenated in order (required for a new run)")
-    t.add_argument("--preset", default="small", help="model preset (sirdiff_ros.model.presets)")
-    t.add_argument("--task", choices=("deblur", "sr4"), default="deblur")
-    t.add_argument("--steps", type=int, default=10000, help="total steps to reach")
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--crop", type=_size, default=None, help="random crop WxH (same window in all views)")
-    t.add_argument("--views", type=_range, default=(1, 4), help="random views per batch, e.g. 1-4")
-    t.add_argument("--lr", type=float, default=2e-4)
-    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                   help="after warmup: constant, or cosine decay to 0 at --steps")
-    t.add_argument("--ema-decay", type=float, default=0.999)
-    t.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "sample"), default="v_prediction",
+    t.add_argument("--preset", help="model preset (sirdiff_ros.model.presets)")
+    t.add_argument("--task", choices=("deblur", "sr4"))
+    t.add_argument("--ema-decay", type=float)
+    t.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "sample"),
                    help="network target; v (SD 2.1's choice) by default: with eps, 500 CPU steps gave samples at "
-                        "6.6 dB vs 18.7 dB input (x0 error amplified 15x at t=999), see README")
-    t.add_argument("--snr-gamma", type=float, default=None, help="min-SNR-gamma loss weighting (e.g. 5)")
-    t.add_argument("--high-t-fraction", type=float, default=0.0,
+                        "6.6 dB vs 18.7 dB input (x0 error amplified 15x at t=999), see docs/training.md")
+    t.add_argument("--snr-gamma", type=float, help="min-SNR-gamma loss weighting (e.g. 5)")
+    t.add_argument("--high-t-fraction", type=float,
                    help="share of sets trained at the noisiest timesteps, [START*T, T) (few-step sampling starts there)")
-    t.add_argument("--high-t-start", type=float, default=0.7, help="START for --high-t-fraction (0..1)")
-    t.add_argument("--view-lr-scale", type=float, default=1.0,
+    t.add_argument("--high-t-start", type=float, help="START for --high-t-fraction (0..1)")
+    t.add_argument("--view-lr-scale", type=float,
                    help="learning-rate multiplier for the cross-view paths (3D convolutions, their gates)")
-    t.add_argument("--soften-fraction", type=float, default=0.0,
-                   help="share of sets seen on a Gaussian-softened scene (sharp and blurred views alike): "
-                        "soft textures are not motion blur")
-    t.add_argument("--soften-sigma", type=float, nargs=2, default=(0.5, 3.0), metavar=("LO", "HI"),
-                   help="range of the softening Gaussian's sigma in px")
     t.add_argument("--init-from", help="a run folder whose newest EMA weights initialise this new run (fine-tuning)")
     t.add_argument("--no-zero-snr", action="store_true",
                    help="keep SD's schedule (t=999 still holds 0.068*x0); always so for --prediction-type epsilon")
     t.add_argument("--no-residual", action="store_true", help="diffuse the sharp latents, not the residual")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--save-every", type=int, default=250)
-    t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
-    t.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
-    t.add_argument("--stop-after", type=int, default=None, help="train at most this many steps in this call")
+    t.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"))
     t.add_argument("--export", help="after training, export the EMA weights to this folder")
+    _run_options(t, TrainConfig)
 
     f = sub.add_parser("refine", help="train or resume the full-resolution refinement head of an exported "
                                       "checkpoint (its UNet frozen; sirdiff_ros.model.refiner)")
     f.add_argument("--run", required=True, help="refine run folder (resumed if it holds checkpoints)")
     f.add_argument("--base", help="exported checkpoint folder without a head (required for a new run)")
     f.add_argument("--cache", nargs="+", help="shard folder(s) (required for a new run)")
-    f.add_argument("--steps", type=int, default=3000, help="total steps to reach")
-    f.add_argument("--batch-size", type=int, default=4)
-    f.add_argument("--crop", type=_size, default=(64, 64), help="random crop WxH (same window in all views)")
-    f.add_argument("--views", type=_range, default=(1, 4), help="random views per batch, e.g. 1-4")
-    f.add_argument("--lr", type=float, default=1e-3)
-    f.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine")
-    f.add_argument("--channels", type=int, default=32, help="feature channels of the head")
-    f.add_argument("--blocks", type=int, default=3, help="residual blocks of the head")
+    f.add_argument("--channels", type=int, help="feature channels of the head")
+    f.add_argument("--blocks", type=int, help="residual blocks of the head")
     f.add_argument("--set-context", action="store_true",
                    help="the head also sees the mean and spread of its view set's degraded views")
     f.add_argument("--restored-context", action="store_true",
                    help="with --set-context: the same summary of the set's restored views too")
-    f.add_argument("--soften-fraction", type=float, default=0.0, help="as for train")
-    f.add_argument("--soften-sigma", type=float, nargs=2, default=(0.5, 3.0), metavar=("LO", "HI"))
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--save-every", type=int, default=250)
-    f.add_argument("--threads", type=int, default=1, help="torch threads")
-    f.add_argument("--stop-after", type=int, default=None, help="train at most this many steps in this call")
+    _run_options(f, RefineConfig)
 
     e = sub.add_parser("export", help="export a run's weights as a checkpoint folder (a refine run: its base "
                                       "checkpoint with the head attached)")
@@ -214,59 +253,33 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import TrainConfig, Trainer, export_run
 
     if args.cmd == "train":
-        run = Path(args.run)
-        cfg = None
-        if not (run / "run.json").is_file():
-            if not args.cache:
-                print(f"sirdiff-train: {run} is a new run; --cache is required", file=sys.stderr)
-                return 2
-            crop = (args.crop[1], args.crop[0]) if args.crop else None
-            cache = args.cache[0] if len(args.cache) == 1 else args.cache  # one folder: run.json as before
-            cfg = TrainConfig(cache=cache, preset=args.preset, task=args.task, max_steps=args.steps,
-                              batch_size=args.batch_size, crop=crop, n_views=args.views, lr=args.lr,
-                              lr_schedule=args.lr_schedule, soften_fraction=args.soften_fraction,
-                              soften_sigma=tuple(args.soften_sigma),
-                              ema_decay=args.ema_decay, prediction_type=args.prediction_type,
-                              snr_gamma=args.snr_gamma, high_t_fraction=args.high_t_fraction,
-                              high_t_start=args.high_t_start, init_from=args.init_from, view_lr_scale=args.view_lr_scale,
+        try:
+            cfg = _run_config(TrainConfig, args, ("cache",),
                               zero_terminal_snr=not args.no_zero_snr and args.prediction_type != "epsilon",
-                              residual=not args.no_residual, seed=args.seed,
-                              save_every=args.save_every, num_threads=args.threads,
-                              mixed_precision=args.mixed_precision)
-        else:
-            cfg = TrainConfig.from_json(run / "run.json")
-            cfg.max_steps = args.steps
-        trainer = Trainer(run, cfg)
+                              residual=not args.no_residual)
+        except _UsageError as exc:
+            print(f"sirdiff-train: {exc}", file=sys.stderr)
+            return 2
+        trainer = Trainer(args.run, cfg)
         step = trainer.fit(stop_after=args.stop_after)
         print(f"reached step {step} of {trainer.config.max_steps}")
         if args.export:
-            out = export_run(run, args.export)
+            out = export_run(args.run, args.export)
             print(f"exported to {out}")
         return 0
 
     if args.cmd == "refine":
         from .refine import RefineConfig, RefinerTrainer
 
-        run = Path(args.run)
-        cfg = None
-        if not (run / "run.json").is_file():
-            if not args.cache or not args.base:
-                print(f"sirdiff-train: {run} is a new refine run; --base and --cache are required", file=sys.stderr)
-                return 2
-            cache = args.cache[0] if len(args.cache) == 1 else args.cache
-            cfg = RefineConfig(base=args.base, cache=cache, max_steps=args.steps, batch_size=args.batch_size,
-                               crop=(args.crop[1], args.crop[0]), n_views=args.views, lr=args.lr,
-                               lr_schedule=args.lr_schedule, channels=args.channels, blocks=args.blocks,
-                               set_context=args.set_context or args.restored_context,
-                               restored_context=args.restored_context,
-                               soften_fraction=args.soften_fraction, soften_sigma=tuple(args.soften_sigma),
-                               seed=args.seed, save_every=args.save_every, num_threads=args.threads)
-        else:
-            cfg = RefineConfig.from_json(run / "run.json")
-            cfg.max_steps = args.steps
-        trainer = RefinerTrainer(run, cfg)
-        step = trainer.fit(stop_after=args.stop_after)
-        print(f"reached step {step} of {trainer.config.max_steps}")
+        try:
+            cfg = _run_config(RefineConfig, args, ("base", "cache"),
+                              set_context=args.set_context or args.restored_context)
+        except _UsageError as exc:
+            print(f"sirdiff-train: {exc}", file=sys.stderr)
+            return 2
+        refiner = RefinerTrainer(args.run, cfg)
+        step = refiner.fit(stop_after=args.stop_after)
+        print(f"reached step {step} of {refiner.config.max_steps}")
         return 0
 
     if args.cmd == "export":

@@ -17,20 +17,17 @@ head attached.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..model.pipeline import SirDiffPipeline
 from ..model.refiner import PixelRefiner, view_set_context
-from .data import BatchSampler, ShardStore
-from .trainer import (LR_SCHEDULES, lr_factor, read_run_config, resolve_run_config, resume_state, run_checkpoints,
-                      save_state)
+from .data import ShardStore
+from .trainer import LR_SCHEDULES, RunTrainer, read_run_config, run_checkpoints
 
 __all__ = ["RefineConfig", "RefinerTrainer", "export_refined_run", "is_refine_run"]
 
@@ -94,19 +91,14 @@ def _load_base(folder: str | Path) -> SirDiffPipeline:
     return pipe
 
 
-class RefinerTrainer:
+class RefinerTrainer(RunTrainer):
     """One refine run folder; ``fit()`` trains (or resumes) the head to ``max_steps``."""
 
-    def __init__(self, run_dir: str | Path, config: RefineConfig | None = None, progress: bool = True) -> None:
-        from accelerate import Accelerator
+    progress_label = "sirdiff-train refine"
 
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg_path = self.run_dir / "run.json"
-        self.config = cfg = resolve_run_config(RefineConfig, self.run_dir, config)
-        torch.set_num_threads(cfg.num_threads)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        self.progress = progress and self.accelerator.is_main_process
+    def __init__(self, run_dir: str | Path, config: RefineConfig | None = None, progress: bool = True) -> None:
+        new_run = not (Path(run_dir) / "run.json").is_file()
+        cfg = self._start(run_dir, RefineConfig, config, progress)
         self.base = _load_base(cfg.base).to(self.accelerator.device)
         self.store = ShardStore(cfg.cache)
         if self.store.registration != self.base.view_registration:
@@ -116,19 +108,13 @@ class RefinerTrainer:
         if cfg.crop is not None and (cfg.crop[0] % m or cfg.crop[1] % m):
             raise ValueError(f"crop {cfg.crop} must be a multiple of {m} (the base pipeline's size multiple)")
         cfg.measured.setdefault("base_steps", int(self.base.default_steps))
-        if self.accelerator.is_main_process and not cfg_path.is_file():
-            cfg_path.write_text(json.dumps(asdict(cfg), indent=2))
+        if new_run:
+            self._write_config()
 
         torch.manual_seed(cfg.seed)
-        self.refiner = cfg.build_head()
-        self.sampler = BatchSampler(self.store, cfg.batch_size, cfg.crop, cfg.n_views, task=self.base.parametrization.task,
-                                    seed=cfg.seed + 1000 * self.accelerator.process_index,
-                                    soften_fraction=cfg.soften_fraction, soften_sigma=cfg.soften_sigma)
-        opt = torch.optim.AdamW(self.refiner.parameters(), lr=cfg.lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))  # duck-typed: lr_schedule, warmup, max
-        self.refiner, self.optimizer, self.lr_scheduler = self.accelerator.prepare(self.refiner, opt, sched)
-        self.accelerator.register_for_checkpointing(self.sampler)
-        self.step = resume_state(self.accelerator, self.run_dir)
+        refiner = cfg.build_head()
+        self.sampler = self._sampler(self.store, self.base.parametrization.task)
+        self.refiner = self._prepare(refiner, refiner.parameters())
 
     def losses(self, sharp: torch.Tensor, degraded: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(head loss with grad, frozen pipeline's loss) for a batch (B, N, 3, H, W) in [-1, 1]."""
@@ -149,47 +135,9 @@ class RefinerTrainer:
         target = flat(sharp)
         return F.mse_loss(refined, target), float(F.mse_loss(flat(restored), target))
 
-    def fit(self, stop_after: int | None = None) -> int:
-        """Train to ``max_steps`` (or ``stop_after`` more steps); returns the step reached."""
-        cfg = self.config
-        goal = cfg.max_steps if stop_after is None else min(cfg.max_steps, self.step + stop_after)
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="sirdiff-train refine", unit="step", dynamic_ncols=True)
-        self.refiner.train()
-        t_last, running = time.time(), []
-        while self.step < goal:
-            batch = self.sampler.next()
-            loss, base_loss = self.losses(batch.sharp, batch.degraded)
-            self.accelerator.backward(loss)
-            if cfg.grad_clip:
-                self.accelerator.clip_grad_norm_(self.refiner.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            running.append((float(loss.detach()), base_loss))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean([r[0] for r in running[-50:]]):.5f}")
-            if self.step % cfg.log_every == 0 and self.accelerator.is_main_process:
-                now = time.time()
-                head, base = np.mean(running, axis=0)
-                rec = {"step": self.step, "loss": float(head), "base_loss": float(base),
-                       "lr": self.lr_scheduler.get_last_lr()[0], "seconds": round(now - t_last, 3), "time": now}
-                with (self.run_dir / "loss.jsonl").open("a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-                running, t_last = [], now
-            if self.step % cfg.save_every == 0:
-                save_state(self.accelerator, self.run_dir, self.step)
-        if bar is not None:
-            bar.close()
-        cps = run_checkpoints(self.run_dir)
-        if not cps or cps[-1].name != f"step_{self.step:07d}":
-            save_state(self.accelerator, self.run_dir, self.step)
-        return self.step
+    def train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, base_loss = self.losses(batch.sharp, batch.degraded)
+        return loss, {"base_loss": base_loss}
 
 
 def export_refined_run(run_dir: str | Path, out: str | Path, default_steps: int | None = None) -> Path:

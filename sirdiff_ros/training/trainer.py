@@ -3,7 +3,7 @@
 The network target is the paper's epsilon or, by default, SD 2.1's
 v-prediction (measured here: eps-trained models of a CPU budget produce
 diverging few-step samples because the x0 estimate at t=999 multiplies the
-eps error by 1/sqrt(alpha_bar) ~ 15; v-prediction does not, see README).
+eps error by 1/sqrt(alpha_bar) ~ 15; v-prediction does not, see docs/training.md).
 
 Built on ``accelerate.Accelerator`` so the same code runs on one CPU, one GPU
 or many GPUs (``accelerate launch -m sirdiff_ros.training.cli train ...``).
@@ -39,7 +39,7 @@ from ..model.encoders import SpaceToDepthEncoder
 from ..model.pipeline import Parametrization, SirDiffPipeline, make_scheduler
 from .data import BatchSampler, ShardStore
 
-__all__ = ["TrainConfig", "Trainer", "lr_factor", "measure_residual_scale", "run_checkpoints", "load_run_weights",
+__all__ = ["TrainConfig", "Trainer", "RunTrainer", "lr_factor", "measure_residual_scale", "run_checkpoints", "load_run_weights",
            "export_run", "read_run_config", "resolve_run_config", "resume_state", "save_state"]
 
 
@@ -153,21 +153,128 @@ def _build_unet(preset: str, latent_channels: int):
     return build_model(preset, in_channels=c, cond_channels=c, out_channels=c)
 
 
-class Trainer:
-    """One run folder, one model; ``fit()`` trains (or resumes) to ``max_steps``."""
+class RunTrainer:
+    """What a training run and a refine run share: the run folder and its config,
+    ``accelerate``, the batch sampler, the optimizer with its schedule,
+    checkpoints and the loop. Subclasses build their model in ``__init__``
+    between :meth:`_start` and :meth:`_prepare`, and define :meth:`train_step`.
+    """
 
-    def __init__(self, run_dir: str | Path, config: TrainConfig | None = None, progress: bool = True) -> None:
+    progress_label = "sirdiff-train"
+    config: Any
+    model: torch.nn.Module  # the trained module, prepared by accelerate
+
+    def _start(self, run_dir: str | Path, config_cls: type, config: Any | None, progress: bool) -> Any:
+        """Run folder, config (its run.json wins on a resume), torch threads and accelerate."""
         from accelerate import Accelerator
-        from diffusers.training_utils import EMAModel
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg_path = self.run_dir / "run.json"
-        self.config = cfg = resolve_run_config(TrainConfig, self.run_dir, config)
+        self.config = cfg = resolve_run_config(config_cls, self.run_dir, config)
         torch.set_num_threads(cfg.num_threads)
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+        mixed_precision = getattr(cfg, "mixed_precision", "no")
+        self.accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
         self.progress = progress and self.accelerator.is_main_process
+        return cfg
 
+    def _write_config(self) -> None:
+        if self.accelerator.is_main_process:
+            (self.run_dir / "run.json").write_text(json.dumps(asdict(self.config), indent=2))
+
+    def _sampler(self, store: ShardStore, task: str) -> BatchSampler:
+        """The run's batches; the same weights seed on every process, the data differs per process."""
+        cfg = self.config
+        return BatchSampler(store, cfg.batch_size, cfg.crop, cfg.n_views, task=task,
+                            seed=cfg.seed + 1000 * self.accelerator.process_index,
+                            soften_fraction=cfg.soften_fraction, soften_sigma=cfg.soften_sigma)
+
+    def _prepare(self, model: torch.nn.Module, params: Any, weight_decay: float = 0.0) -> torch.nn.Module:
+        """AdamW with the run's warmup and schedule, everything through accelerate, then resume."""
+        cfg = self.config
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
+        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(model, opt, sched)
+        self.accelerator.register_for_checkpointing(self.sampler)
+        self.step = resume_state(self.accelerator, self.run_dir)
+        return self.model
+
+    # ------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def checkpoints(self) -> list[Path]:
+        return run_checkpoints(self.run_dir)
+
+    def save(self) -> Path:
+        """Checkpoint the full training state atomically (tmp folder, then rename)."""
+        return save_state(self.accelerator, self.run_dir, self.step)
+
+    # ------------------------------------------------------------------- loop
+    def train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one batch (with grad) and the values to log with it."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after each optimizer step (the EMA update of a training run)."""
+
+    def fit(self, stop_after: int | None = None) -> int:
+        """Train to ``max_steps`` (or ``stop_after`` more steps); returns the step reached.
+
+        ``loss.jsonl`` gets one line per ``log_every`` steps: the step, the mean
+        loss and logged values over those steps, the learning rate, the seconds.
+        """
+        cfg = self.config
+        goal = cfg.max_steps if stop_after is None else min(cfg.max_steps, self.step + stop_after)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc=self.progress_label, unit="step", dynamic_ncols=True)
+        self.model.train()
+        t_last = time.time()
+        running: list[dict[str, float]] = []
+        while self.step < goal:
+            batch = self.sampler.next()
+            with self.accelerator.accumulate(self.model):
+                loss, values = self.train_step(batch)
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients and cfg.grad_clip:
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.after_step()
+            self.step += 1
+            running.append({"loss": float(loss.detach()), **values})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean([r['loss'] for r in running[-50:]]):.5f}")
+            if self.step % cfg.log_every == 0 and self.accelerator.is_main_process:
+                now = time.time()
+                rec = {"step": self.step, **{k: float(np.mean([r[k] for r in running])) for k in running[0]},
+                       "lr": self.lr_scheduler.get_last_lr()[0], "seconds": round(now - t_last, 3), "time": now}
+                with (self.run_dir / "loss.jsonl").open("a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                running, t_last = [], now
+            if self.step % cfg.save_every == 0:
+                self.save()
+        if bar is not None:
+            bar.close()
+        cps = self.checkpoints()
+        if not cps or cps[-1].name != f"step_{self.step:07d}":
+            self.save()
+        return self.step
+
+
+class Trainer(RunTrainer):
+    """One run folder, one model; ``fit()`` trains (or resumes) to ``max_steps``."""
+
+    def __init__(self, run_dir: str | Path, config: TrainConfig | None = None, progress: bool = True) -> None:
+        from diffusers.training_utils import EMAModel
+
+        new_run = not (Path(run_dir) / "run.json").is_file()
+        cfg = self._start(run_dir, TrainConfig, config, progress)
         self.store = ShardStore(cfg.cache)
         self.encoder = SpaceToDepthEncoder(cfg.encoder_factor)
         if "residual_scale" not in cfg.measured:
@@ -185,47 +292,23 @@ class Trainer:
         self.parametrization = Parametrization(
             residual=cfg.residual, residual_scale=float(cfg.measured["residual_scale"]), task=cfg.task
         )
-        new_run = not cfg_path.is_file()
 
         # Same seed on every process for the weights; data differs per process.
         torch.manual_seed(cfg.seed)
-        self.unet = _build_unet(cfg.preset, self.encoder.latent_channels)
+        unet = _build_unet(cfg.preset, self.encoder.latent_channels)
         initialised = bool(cfg.init_from) and not self.checkpoints()
         if initialised:
             # The source run goes on; record which step we took.
-            cfg.measured["init_checkpoint"] = str(load_run_weights(cfg.init_from, self.unet))
-        if self.accelerator.is_main_process and (new_run or initialised):
-            cfg_path.write_text(json.dumps(asdict(cfg), indent=2))
+            cfg.measured["init_checkpoint"] = str(load_run_weights(cfg.init_from, unet))
+        if new_run or initialised:
+            self._write_config()
         self.noise_scheduler = make_scheduler("ddim", prediction_type=cfg.prediction_type,
                                               zero_terminal_snr=cfg.zero_terminal_snr)
-        self.ema = EMAModel(self.unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True,
-                            model_cls=type(self.unet), model_config=self.unet.config)
-        self.sampler = BatchSampler(self.store, cfg.batch_size, cfg.crop, cfg.n_views, task=cfg.task,
-                                    seed=cfg.seed + 1000 * self.accelerator.process_index,
-                                    soften_fraction=cfg.soften_fraction, soften_sigma=cfg.soften_sigma)
-        opt = torch.optim.AdamW(_param_groups(self.unet, cfg.lr, cfg.view_lr_scale), lr=cfg.lr,
-                                weight_decay=cfg.weight_decay)
-        lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
-        self.unet, self.optimizer, self.lr_scheduler = self.accelerator.prepare(self.unet, opt, lr_sched)
+        self.ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True,
+                            model_cls=type(unet), model_config=unet.config)
+        self.sampler = self._sampler(self.store, cfg.task)
         self.accelerator.register_for_checkpointing(self.ema)
-        self.accelerator.register_for_checkpointing(self.sampler)
-        self.step = 0
-        self._resume()
-
-    # ------------------------------------------------------------ checkpoints
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
-
-    def checkpoints(self) -> list[Path]:
-        return run_checkpoints(self.run_dir)
-
-    def _resume(self) -> None:
-        self.step = resume_state(self.accelerator, self.run_dir)
-
-    def save(self) -> Path:
-        """Checkpoint the full training state atomically (tmp folder, then rename)."""
-        return save_state(self.accelerator, self.run_dir, self.step)
+        self.unet = self._prepare(unet, _param_groups(unet, cfg.lr, cfg.view_lr_scale), cfg.weight_decay)
 
     # ------------------------------------------------------------------- loss
     def loss_on(self, sharp: torch.Tensor, degraded: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -266,51 +349,12 @@ class Trainer:
             per_set = per_set * w
         return per_set.mean(), n
 
-    # ------------------------------------------------------------------- loop
-    def fit(self, stop_after: int | None = None) -> int:
-        """Train to ``max_steps`` (or ``stop_after`` more steps); returns the step reached."""
-        cfg = self.config
-        target = cfg.max_steps if stop_after is None else min(cfg.max_steps, self.step + stop_after)
-        log_path = self.run_dir / "loss.jsonl"
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
+    def train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, n = self.loss_on(batch.sharp, batch.degraded)
+        return loss, {"views": float(n)}
 
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="sirdiff-train", unit="step", dynamic_ncols=True)
-        self.unet.train()
-        t_last = time.time()
-        running: list[float] = []
-        while self.step < target:
-            batch = self.sampler.next()
-            with self.accelerator.accumulate(self.unet):
-                loss, n = self.loss_on(batch.sharp, batch.degraded)
-                self.accelerator.backward(loss)
-                if self.accelerator.sync_gradients and cfg.grad_clip:
-                    self.accelerator.clip_grad_norm_(self.unet.parameters(), cfg.grad_clip)
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            self.ema.step(self.accelerator.unwrap_model(self.unet).parameters())
-            self.step += 1
-            running.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", N=n)
-            if self.step % cfg.log_every == 0 and self.accelerator.is_main_process:
-                now = time.time()
-                rec = {"step": self.step, "loss": float(np.mean(running)), "lr": self.lr_scheduler.get_last_lr()[0],
-                       "views": n, "seconds": round(now - t_last, 3), "time": now}
-                with log_path.open("a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-                running.clear()
-                t_last = now
-            if self.step % cfg.save_every == 0:
-                self.save()
-        if bar is not None:
-            bar.close()
-        if not self.checkpoints() or self.checkpoints()[-1].name != f"step_{self.step:07d}":
-            self.save()
-        return self.step
+    def after_step(self) -> None:
+        self.ema.step(self.accelerator.unwrap_model(self.unet).parameters())
 
     # ----------------------------------------------------------------- export
     def pipeline(self, use_ema: bool = True) -> SirDiffPipeline:
