@@ -150,6 +150,7 @@ def test_demo_runs_small_and_reports(tmp_path: Path) -> None:
 
 
 def test_cpu_backends_do_not_import_torch() -> None:
+    """passthrough and fusion, configured and activated on the default device (auto), never import torch."""
     code = (
         "import sys, rclpy\n"
         "from rclpy.context import Context\n"

@@ -192,107 +192,112 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.cmd == "cache":
-        from ..data.textures import training_seeds
-        from .data import (dataset_view_sets, registered_view_sets, sequence_view_sets, synthetic_frames,
-                           synthetic_view_sets, write_shards)
+def _cache(args: argparse.Namespace) -> int:
+    """Render training view sets into .npz shards."""
+    from ..data.textures import training_seeds
+    from .data import (dataset_view_sets, registered_view_sets, sequence_view_sets, synthetic_frames,
+                       synthetic_view_sets, write_shards)
 
-        if args.dataset and args.sequences is not None:
-            print("sirdiff-train: --dataset and --sequences are two different sources; give one", file=sys.stderr)
-            return 2
-        w, h = args.size
-        if args.dataset:
-            meta = {"dataset": args.dataset, "views": args.views, "stride": args.stride}
-            sets = dataset_view_sets(args.dataset, args.views, stride=args.stride, seed=args.first_seed)
-        elif args.sequences is not None:
-            meta = {"generator": "sirdiff_ros.data.synth.generate_sequence", "sequences": args.sequences,
-                    "frames": args.frames, "views": args.views, "width": w, "height": h,
-                    "first_seed": args.first_seed, "registration": REGISTRATION, "flow_fraction": args.flow_fraction,
-                    "targets_only": args.targets_only, "target_seed": args.first_seed}
-            sets = sequence_view_sets(training_seeds(args.sequences, args.first_seed), args.frames, args.views, w, h,
-                                      seed=args.first_seed, flow_fraction=args.flow_fraction,
-                                      targets_only=args.targets_only)
+    if args.dataset and args.sequences is not None:
+        raise _UsageError("--dataset and --sequences are two different sources; give one")
+    w, h = args.size
+    if args.dataset:
+        meta = {"dataset": args.dataset, "views": args.views, "stride": args.stride}
+        sets = dataset_view_sets(args.dataset, args.views, stride=args.stride, seed=args.first_seed)
+    elif args.sequences is not None:
+        meta = {"generator": "sirdiff_ros.data.synth.generate_sequence", "sequences": args.sequences,
+                "frames": args.frames, "views": args.views, "width": w, "height": h,
+                "first_seed": args.first_seed, "registration": REGISTRATION, "flow_fraction": args.flow_fraction,
+                "targets_only": args.targets_only, "target_seed": args.first_seed}
+        sets = sequence_view_sets(training_seeds(args.sequences, args.first_seed), args.frames, args.views, w, h,
+                                  seed=args.first_seed, flow_fraction=args.flow_fraction,
+                                  targets_only=args.targets_only)
+    else:
+        seeds = training_seeds(args.sets, args.first_seed)
+        opts = {"baseline_m": tuple(args.baseline), "max_angular_speed": args.max_angular_speed,
+                "max_speed": args.max_speed}
+        meta = {"generator": "sirdiff_ros.data.synth.sample_view_set", "sets": args.sets, "views": args.views,
+                "width": w, "height": h, "first_seed": args.first_seed, **opts}
+        if args.register:
+            meta.update(registration=REGISTRATION, flow_fraction=args.flow_fraction,
+                        blurriest_fraction=args.blurriest_fraction, target_seed=args.first_seed)
+            sets = registered_view_sets(synthetic_frames(seeds, args.views, w, h, **opts), seed=args.first_seed,
+                                        flow_fraction=args.flow_fraction,
+                                        blurriest_fraction=args.blurriest_fraction)
         else:
-            seeds = training_seeds(args.sets, args.first_seed)
-            opts = {"baseline_m": tuple(args.baseline), "max_angular_speed": args.max_angular_speed,
-                    "max_speed": args.max_speed}
-            meta = {"generator": "sirdiff_ros.data.synth.sample_view_set", "sets": args.sets, "views": args.views,
-                    "width": w, "height": h, "first_seed": args.first_seed, **opts}
-            if args.register:
-                meta.update(registration=REGISTRATION, flow_fraction=args.flow_fraction,
-                            blurriest_fraction=args.blurriest_fraction, target_seed=args.first_seed)
-                sets = registered_view_sets(synthetic_frames(seeds, args.views, w, h, **opts), seed=args.first_seed,
-                                            flow_fraction=args.flow_fraction,
-                                            blurriest_fraction=args.blurriest_fraction)
-            else:
-                sets = synthetic_view_sets(seeds, args.views, w, h, **opts)
-        paths = write_shards(sets, args.out, args.shard_size, meta=meta)
-        print(f"wrote {len(paths)} shards to {args.out}")
-        return 0
+            sets = synthetic_view_sets(seeds, args.views, w, h, **opts)
+    paths = write_shards(sets, args.out, args.shard_size, meta=meta)
+    print(f"wrote {len(paths)} shards to {args.out}")
+    return 0
 
-    if args.cmd == "register":
-        from .data import DataError, ShardStore, registered_view_sets, shard_frames, write_shards
 
-        try:
-            store = ShardStore(args.cache)
-        except DataError as exc:
-            print(f"sirdiff-train: {exc}", file=sys.stderr)
-            return 2
-        if store.registration != "none":
-            print(f"sirdiff-train: {args.cache} is already registered ({store.registration})", file=sys.stderr)
-            return 2
-        meta = {"registered_from": args.cache, "sets": len(store), "views": store.views,
-                "registration": REGISTRATION, "flow_fraction": 1.0, "target_seed": args.seed}
-        sets = registered_view_sets(shard_frames(store), seed=args.seed)
-        paths = write_shards(sets, args.out, args.shard_size, meta=meta)
-        print(f"wrote {len(paths)} shards to {args.out}")
-        return 0
+def _register(args: argparse.Namespace) -> int:
+    """Resample existing shards into a target view's grid."""
+    from .data import DataError, ShardStore, registered_view_sets, shard_frames, write_shards
 
+    try:
+        store = ShardStore(args.cache)
+    except DataError as exc:
+        raise _UsageError(str(exc)) from exc
+    if store.registration != "none":
+        raise _UsageError(f"{args.cache} is already registered ({store.registration})")
+    meta = {"registered_from": args.cache, "sets": len(store), "views": store.views,
+            "registration": REGISTRATION, "flow_fraction": 1.0, "target_seed": args.seed}
+    sets = registered_view_sets(shard_frames(store), seed=args.seed)
+    paths = write_shards(sets, args.out, args.shard_size, meta=meta)
+    print(f"wrote {len(paths)} shards to {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Train or resume a diffusion run."""
     from .trainer import TrainConfig, Trainer, export_run
 
-    if args.cmd == "train":
-        try:
-            cfg = _run_config(TrainConfig, args, ("cache",),
-                              zero_terminal_snr=not args.no_zero_snr and args.prediction_type != "epsilon",
-                              residual=not args.no_residual)
-        except _UsageError as exc:
-            print(f"sirdiff-train: {exc}", file=sys.stderr)
-            return 2
-        trainer = Trainer(args.run, cfg)
-        step = trainer.fit(stop_after=args.stop_after)
-        print(f"reached step {step} of {trainer.config.max_steps}")
-        if args.export:
-            out = export_run(args.run, args.export)
-            print(f"exported to {out}")
-        return 0
-
-    if args.cmd == "refine":
-        from .refine import RefineConfig, RefinerTrainer
-
-        try:
-            cfg = _run_config(RefineConfig, args, ("base", "cache"),
-                              set_context=args.set_context or args.restored_context)
-        except _UsageError as exc:
-            print(f"sirdiff-train: {exc}", file=sys.stderr)
-            return 2
-        refiner = RefinerTrainer(args.run, cfg)
-        step = refiner.fit(stop_after=args.stop_after)
-        print(f"reached step {step} of {refiner.config.max_steps}")
-        return 0
-
-    if args.cmd == "export":
-        from .refine import export_refined_run, is_refine_run
-
-        if is_refine_run(args.run):
-            out = export_refined_run(args.run, args.out, default_steps=args.default_steps)
-        else:
-            out = export_run(args.run, args.out, use_ema=not args.raw, fp16=args.fp16,
-                             default_steps=4 if args.default_steps is None else args.default_steps)
+    cfg = _run_config(TrainConfig, args, ("cache",),
+                      zero_terminal_snr=not args.no_zero_snr and args.prediction_type != "epsilon",
+                      residual=not args.no_residual)
+    trainer = Trainer(args.run, cfg)
+    step = trainer.fit(stop_after=args.stop_after)
+    print(f"reached step {step} of {trainer.config.max_steps}")
+    if args.export:
+        out = export_run(args.run, args.export)
         print(f"exported to {out}")
-        return 0
-    return 2
+    return 0
+
+
+def _refine(args: argparse.Namespace) -> int:
+    """Train or resume a refinement-head run."""
+    from .refine import RefineConfig, RefinerTrainer
+
+    cfg = _run_config(RefineConfig, args, ("base", "cache"), set_context=args.set_context or args.restored_context)
+    refiner = RefinerTrainer(args.run, cfg)
+    step = refiner.fit(stop_after=args.stop_after)
+    print(f"reached step {step} of {refiner.config.max_steps}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Export a run's weights as a checkpoint folder."""
+    from .refine import export_refined_run, is_refine_run
+    from .trainer import export_run
+
+    if is_refine_run(args.run):
+        out = export_refined_run(args.run, args.out, default_steps=args.default_steps)
+    else:
+        out = export_run(args.run, args.out, use_ema=not args.raw, fp16=args.fp16,
+                         default_steps=4 if args.default_steps is None else args.default_steps)
+    print(f"exported to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = {"cache": _cache, "register": _register, "train": _train, "refine": _refine, "export": _export}[args.cmd]
+    try:
+        return command(args)
+    except _UsageError as exc:
+        print(f"sirdiff-train: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
