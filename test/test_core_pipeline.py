@@ -235,3 +235,28 @@ def test_known_exposure_gates_by_camera_motion():
     # Unknown exposure: no prediction, the score gate alone.
     d = RestorationPipeline(PipelineConfig(), "passthrough").ingest(frames[5])
     assert math.isnan(d.predicted_blur_px)
+
+
+def test_recent_non_keyframes_are_partner_candidates_and_carry_their_motion():
+    from sirdiff_ros.core.deblur import EXPOSURE_MOTION_KEY
+    from sirdiff_ros.core.keyframes import KeyframeConfig
+
+    seq = list(generate_sequence(1_000_100, 14, 160, 120, burst_rate=1.0))
+    # Few keyframes: one every 0.35 s at most, whatever the motion.
+    kf = KeyframeConfig(min_translation=50.0, min_rotation_deg=170.0, max_time_gap_s=0.35)
+    exposure = seq[0].extras["exposure_s"]
+    ring = RestorationPipeline(PipelineConfig(keyframe=kf, exposure_s=exposure, partner_ring=8), "passthrough")
+    plain = RestorationPipeline(PipelineConfig(keyframe=kf, exposure_s=exposure, partner_ring=0), "passthrough")
+    keyframe_stamps, extra_partners = set(), 0
+    for f in seq:
+        d, d0 = ring.ingest(f), plain.ingest(dataclasses.replace(f, extras=dict(f.extras)))
+        if d.is_keyframe:
+            keyframe_stamps.add(f.stamp_ns)
+            sel, sel0 = ring.select(d), plain.select(d0)
+            assert {v.stamp_ns for v in sel0.views[1:]} <= keyframe_stamps
+            extra_partners += sum(v.stamp_ns not in keyframe_stamps for v in sel.views[1:])
+            # Every partner (keyframe or ring frame) carries the motion it was exposed with.
+            assert all(EXPOSURE_MOTION_KEY in v.extras for v in sel.views[1:])
+    assert extra_partners > 0
+    with pytest.raises(ValueError, match="partner_ring"):
+        PipelineConfig(partner_ring=-1)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -89,6 +90,7 @@ class PipelineConfig:
     motion_blur_px: float = 4.0  # predicted motion blur that makes a keyframe a target
     max_velocity_gap_s: float = 0.5  # previous pose older than this: no velocity
     deconvolve: bool = True  # invert each view's own motion blur (needs exposure_s) before the backend
+    partner_ring: int = 8  # recent non-keyframes that are partner candidates too (0: keyframes only)
 
     def __post_init__(self) -> None:
         if self.num_views < 1:
@@ -99,6 +101,8 @@ class PipelineConfig:
             raise ValueError("need 1 <= gate_min_peers <= gate_window")
         if not (math.isfinite(self.exposure_s) and self.exposure_s >= 0 and self.motion_blur_px > 0):
             raise ValueError("exposure_s must be >= 0 and motion_blur_px > 0")
+        if self.partner_ring < 0:
+            raise ValueError(f"partner_ring must be >= 0, got {self.partner_ring}")
         if not 0.0 <= self.gate_quantile <= 1.0:
             raise ValueError(f"gate_quantile must be in [0, 1], got {self.gate_quantile}")
         _ = self.selection  # builds (and so validates) the selection fields too
@@ -232,15 +236,19 @@ class RestorationPipeline:
         self.buffer = KeyframeBuffer(self.config.keyframe)
         self._lock = threading.Lock()  # admission + gating
         self._pose_trail: list[tuple[int, Pose]] = []  # last posed frames, for the velocity
+        # Recent posed frames the buffer did not admit: during a pan every keyframe
+        # may be blurred while a frame between them is sharp (bench/partners.py).
+        self._ring: deque[Keyframe] = deque(maxlen=max(1, self.config.partner_ring))
         self._count_lock = threading.Lock()
         self._counts: dict[str, int] = {}
 
     def reset(self) -> None:
-        """Forget the keyframes and the previous pose (the stamps jumped back: a new
-        time line starts; partners and velocities from the old one would be wrong)."""
+        """Forget the keyframes, the recent frames and the previous poses (the stamps jumped
+        back: a new time line starts; partners and velocities from the old one would be wrong)."""
         with self._lock:
             self.buffer.clear()
-            self._prev_pose = None
+            self._ring.clear()
+            self._pose_trail.clear()
 
     # -- ingest ------------------------------------------------------------------
     def ingest(self, frame: Frame) -> FrameDecision:
@@ -251,8 +259,9 @@ class RestorationPipeline:
         # One lock around admission and gating keeps the reference (previous
         # keyframes) consistent with the admission when two threads ingest.
         with self._lock:
-            adm = self.buffer.consider(frame, sharpness=s)
+            # The motion first: the buffer stores a copy (without array extras) that must carry it.
             motion = self._motion_blur(frame)
+            adm = self.buffer.consider(frame, sharpness=s)
             ref = math.nan
             if not adm.admitted:
                 reason: str = PassReason.NO_POSE if adm.reason == KeyframeReason.NO_POSE else PassReason.NOT_KEYFRAME
@@ -273,6 +282,8 @@ class RestorationPipeline:
                     reason = "" if is_target else PassReason.SHARP
                 else:
                     reason, is_target = PassReason.NO_REFERENCE, False
+            if not adm.admitted and frame.pose is not None and cfg.partner_ring > 0:
+                self._ring.append(Keyframe(frame, s, -1, frame.image.nbytes))
             self._count("frames")
             self._count("keyframes" if adm.admitted else "not_keyframes")
             self._count("targets" if is_target else f"passed.{reason}")
@@ -302,7 +313,13 @@ class RestorationPipeline:
     # -- restore -----------------------------------------------------------------
     def select(self, decision: FrameDecision) -> ViewSelection:
         """The view set :meth:`restore` would use for ``decision``'s frame."""
-        return select_views(decision.frame, self.buffer.snapshot(), self.config.num_views, self.config.selection)
+        snap = self.buffer.snapshot()
+        with self._lock:
+            ring = list(self._ring) if self.config.partner_ring > 0 else []
+        if not ring:
+            return select_views(decision.frame, snap, self.config.num_views, self.config.selection)
+        candidates = sorted([*snap.keyframes, *ring], key=lambda k: k.stamp_ns)
+        return select_views(decision.frame, candidates, self.config.num_views, self.config.selection)
 
     def restore(self, decision: FrameDecision, restorer: Restorer | None = None) -> RestorationOutcome:
         """Restore a target (or pass a non-target through); thread-safe, never raises
