@@ -154,3 +154,24 @@ def test_evidence_guard_rejects_sharp_structure_in_the_wrong_place(photo_frames)
     assert _psnr(guarded, sharp) > _psnr(shifted, sharp) + 3
     with pytest.raises(ValueError, match="one shape"):
         evidence_guard(sharp[:10], fallback, f.image, motion, f.intrinsics)
+
+
+def test_baselines_are_registered_and_restore_a_target(photo_frames) -> None:
+    from sirdiff_ros.core.restorers import RestoreRequest, available_restorers, create_restorer
+
+    assert {"deblur", "aligned-mean"} <= set(available_restorers())
+    hist = [(f.stamp_ns, f.pose) for f in photo_frames]
+    views = [Frame(f.image, f.stamp_ns, f.intrinsics, f.pose) for f in photo_frames[::-1]]
+    views[0].extras[EXPOSURE_MOTION_KEY] = exposure_motion(hist, 0.03)
+    truth, valid = photo_frames[-1].extras["sharp"], photo_frames[-1].extras["valid"]
+    deb = create_restorer("deblur").restore(RestoreRequest(views, [0])).for_index(0)
+    assert deb.restored and _psnr(deb.image, truth, valid) > _psnr(views[0].image, truth, valid) + 1.0
+    # Without motion there is nothing to invert.
+    bare = create_restorer("deblur").restore(RestoreRequest(views, [1])).for_index(1)
+    assert not bare.restored and bare.reason == "no_motion" and bare.image is views[1].image
+    mean = create_restorer("aligned-mean").restore(RestoreRequest(views, [0])).for_index(0)
+    assert mean.restored and mean.image.shape == views[0].image.shape and mean.info["views"] == 3
+    alone = create_restorer("aligned-mean").restore(RestoreRequest(views[:1], [0])).for_index(0)
+    assert not alone.restored and alone.reason == "no_partners"
+    with pytest.raises(ValueError, match="no options"):
+        create_restorer("aligned-mean", steps=3)

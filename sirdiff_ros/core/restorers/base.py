@@ -117,7 +117,7 @@ def _import_builtin_backends() -> None:
     # Imported lazily so that `passthrough` users never import torch.
     import importlib
 
-    for mod in ("passthrough", "fusion", "sirdiff"):
+    for mod in ("passthrough", "baselines", "fusion", "sirdiff"):
         try:
             importlib.import_module(f"{__package__}.{mod}")
         except ModuleNotFoundError as exc:  # backend not built yet / optional deps missing

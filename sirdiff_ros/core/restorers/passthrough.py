@@ -1,4 +1,4 @@
-"""The ``passthrough`` backend (every requested view unchanged) and ``deblur`` (each view deblurred alone).
+"""The ``passthrough`` backend: returns every requested view unchanged.
 
 Useful as the baseline in evaluation, for dry runs of the node, and as what
 the pipeline degrades to when a real backend fails.
@@ -12,7 +12,7 @@ from typing import Any
 from ..reasons import PassReason
 from .base import RestoredView, RestoreRequest, RestoreResult, register_restorer
 
-__all__ = ["PassthroughRestorer", "DeblurRestorer", "check_request"]
+__all__ = ["PassthroughRestorer", "check_request"]
 
 
 @register_restorer("passthrough")
@@ -41,34 +41,3 @@ def check_request(request: RestoreRequest) -> None:
     if bad:
         raise ValueError(f"target indices {bad} out of range for {n} views")
 
-
-@register_restorer("deblur")
-class DeblurRestorer:
-    """Each requested view deblurred alone by its own camera motion (backend ``deblur``).
-
-    The data term every other backend starts from
-    (:func:`sirdiff_ros.core.deblur.deblurred_view`), with no partners: the
-    single-view baseline. A view with no exposure motion attached (unknown
-    exposure or velocity) or too little blur is returned unchanged with
-    reason ``no_motion``.
-    """
-
-    name = "deblur"
-
-    def __init__(self, device: str = "cpu", **options: Any) -> None:
-        if options:
-            raise ValueError(f"deblur takes no options besides device, got {sorted(options)}")
-        self.device = device
-
-    def restore(self, request: RestoreRequest) -> RestoreResult:
-        from ..deblur import deblurred_view
-
-        t0 = time.perf_counter()
-        check_request(request)
-        views = []
-        for i in request.targets:
-            src = request.views[i]
-            out = deblurred_view(src)
-            done = out.extras.get("deblur_px", 0.0) > 0
-            views.append(RestoredView(i, out.image, done, "" if done else PassReason.NO_MOTION))
-        return RestoreResult(views, self.name, self.device, time.perf_counter() - t0)
