@@ -42,6 +42,8 @@ export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
 export AMENT_PREFIX_PATH := $(VENV)
 export FASTDDS_DEFAULT_PROFILES_FILE := $(REPO)/config/fastdds.xml
 export HF_HUB_OFFLINE := 1
+# Idle OpenMP threads sleep instead of spinning (a CPU shared with other jobs).
+export OMP_WAIT_POLICY := PASSIVE
 export PYTHONPATH := $(REPO)
 
 STAMPS := $(VENV)/.stamps

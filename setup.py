@@ -48,7 +48,7 @@ setup(
     ],
     # ORB-SLAM3 (GPL-3.0 bindings) and evo: SLAM-in-the-loop evaluation and the ORB-SLAM3 node.
     # Exact pins of the whole set: requirements/slam.txt.
-    extras_require={"slam": ["pyorbslam3==0.1.1", "evo==1.38.1"]},
+    extras_require={"slam": ["pyorbslam3==0.1.1", "evo==1.38.1"], "onnx": ["onnxruntime==1.31.1", "onnx==1.23.2"]},
     entry_points={
         "console_scripts": [
             "sirdiff-restore = sirdiff_ros.ros.restore_node:main",

@@ -177,7 +177,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="per measurement round")
     ap.add_argument("--rate", type=float, default=20.0, help="input frame rate, Hz")
-    ap.add_argument("--budget", type=float, default=1.0, help="latency_budget_s of the fusion run")
+    ap.add_argument("--budget", type=float, default=1.0, help="latency_budget_s of the fusion run (the node's default)")
+    ap.add_argument("--fusion-rate", type=float, default=30.0, help="input frame rate of the fusion run, Hz")
     ap.add_argument("--only-fusion", action="store_true")
     args = ap.parse_args()
     print("generating 640x480 frames ...", flush=True)
@@ -189,7 +190,7 @@ def main() -> int:
         added = bench_added_latency(msgs, args.seconds * 2, args.rate)
         print(json.dumps({k: v for k, v in added.items() if not isinstance(v, dict)}), flush=True)
     print("fusion backend, 4 views:", flush=True)
-    fusion = bench_fusion(msgs, args.seconds * 2, 10.0, args.budget)
+    fusion = bench_fusion(msgs, args.seconds * 2, args.fusion_rate, args.budget)
     if added is None:
         print(json.dumps(fusion, indent=2))
         return 0

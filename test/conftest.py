@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,17 @@ os.environ.setdefault("PYTHONPATH", str(REPO_ROOT))
 os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds.xml"))
+# Compute threads that sleep when idle, no more of them than cores: next to one
+# other job on 2 cores, spin-waiting OpenMP threads made the model tests several
+# times slower. Set before any test module imports torch (read when it loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", str(min(2, os.cpu_count() or 1)))
+# Networks exported for ONNX Runtime go to a folder of this test session (each
+# is exported once per run; nothing is left in the user's cache).
+_ONNX_CACHE = None
+if "SIRDIFF_ONNX_CACHE" not in os.environ:
+    _ONNX_CACHE = tempfile.TemporaryDirectory(prefix="sirdiff-onnx-")
+    os.environ["SIRDIFF_ONNX_CACHE"] = _ONNX_CACHE.name
 
 
 @pytest.fixture(scope="session")

@@ -134,7 +134,8 @@ def test_registered_checkpoint_restores_each_target_from_partners_in_its_grid(tm
                            view_registration=REGISTRATION)
     folder = pipe.save_checkpoint(tmp_path / "registered", default_steps=1)
     views = sample_view_set(4, 3, 128, 96, baseline_m=(0.1, 0.2))
-    restorer = create_restorer("sirdiff", checkpoint=str(folder))
+    # The PyTorch engine, as the direct calls below (the ONNX engine agrees within 1 grey level: test_model_onnx).
+    restorer = create_restorer("sirdiff", checkpoint=str(folder), engine="torch")
     res = restorer.restore(RestoreRequest(views=views, targets=[0, 2]))
     assert [v.info["views"] for v in res.views] == [3, 3]
     loaded = SirDiffPipeline.from_checkpoint(folder)

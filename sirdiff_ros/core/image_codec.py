@@ -8,6 +8,7 @@ drop reason counted by the node) and a human-readable message.
 
 from __future__ import annotations
 
+import array as array_
 from typing import Any
 
 import numpy as np
@@ -149,8 +150,12 @@ def from_rgb8(image: np.ndarray, encoding: str) -> np.ndarray:
     raise ImageDecodeError(DropReason.BAD_ENCODING, f"cannot encode to {encoding!r}")
 
 
-def encode_image(array: np.ndarray, encoding: str) -> tuple[int, bytes]:
-    """``(step, data)`` for an array in ``encoding`` (little-endian, packed rows)."""
+def encode_image(array: np.ndarray, encoding: str) -> tuple[int, array_.array]:
+    """``(step, data)`` for an array in ``encoding`` (little-endian, packed rows).
+
+    ``data`` is an ``array.array('B')``: what rclpy keeps for a ``uint8[]``
+    field as is, so assigning it to a message copies nothing more (bytes would
+    be copied again); numpy reads it without a copy (``np.frombuffer``)."""
     if encoding not in SUPPORTED_ENCODINGS:
         raise ImageDecodeError(DropReason.BAD_ENCODING, f"unsupported encoding {encoding!r}")
     dtype, channels = SUPPORTED_ENCODINGS[encoding]
@@ -158,4 +163,6 @@ def encode_image(array: np.ndarray, encoding: str) -> tuple[int, bytes]:
     got = 1 if arr.ndim == 2 else arr.shape[2]
     if got != channels:
         raise ImageDecodeError(DropReason.BAD_ENCODING, f"{encoding} needs {channels} channels, array has {got}")
-    return arr.shape[1] * channels * dtype.itemsize, arr.tobytes()
+    data = array_.array("B")
+    data.frombytes(arr.data.cast("B"))  # the one copy
+    return arr.shape[1] * channels * dtype.itemsize, data

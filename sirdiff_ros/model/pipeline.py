@@ -228,6 +228,51 @@ class SirDiffPipeline(DiffusionPipeline):
             raise ValueError(
                 f"UNet expects {in_ch} latent channels but the encoder gives {encoder.latent_channels}"
             )
+        # ONNX Runtime runners of the UNet and the head (use_engine("onnx")); None: PyTorch.
+        self._onnx_unet: Any = None
+        self._onnx_refiner: Any = None
+        self._onnx_unet_max_area: int | None = None  # larger UNet calls stay in PyTorch
+
+    # ----------------------------------------------------------------- engine
+    @property
+    def engine(self) -> str:
+        """``"onnx"`` when the networks run in ONNX Runtime, ``"torch"`` otherwise."""
+        return "onnx" if self._onnx_unet is not None else "torch"
+
+    def use_engine(self, engine: str, threads: int = 1, cache_dir: str | Path | None = None,
+                   unet_max_area: int | None = None) -> None:
+        """Run the UNet and the refinement head with ``engine``: ``"torch"`` (the
+        reference) or ``"onnx"`` (ONNX Runtime on the CPU, float32; each network
+        exported once per input shape into ``cache_dir``, see
+        :mod:`sirdiff_ros.model.onnx_engine`) with ``threads`` intra-op threads.
+        ``unet_max_area``: UNet calls on larger latent grids (h * w) stay in
+        PyTorch, whose fused attention is the faster one there."""
+        if engine == "torch":
+            self._onnx_unet = self._onnx_refiner = None
+            self._onnx_unet_max_area = None
+            return
+        if engine != "onnx":
+            raise ValueError(f"engine must be 'torch' or 'onnx', got {engine!r}")
+        if self.unet.device.type != "cpu" or self.unet.dtype != torch.float32:
+            raise ValueError(f"the onnx engine runs float32 on the CPU; the model is {self.unet.dtype} on {self.unet.device}")
+        from .onnx_engine import OnnxRunner
+
+        self._onnx_unet = OnnxRunner(_UNetSample(self.unet), "unet", threads, cache_dir)
+        self._onnx_unet_max_area = unet_max_area
+        self._onnx_refiner = (None if self.refiner is None
+                              else OnnxRunner(_RefinerCall(self.refiner), "refiner", threads, cache_dir))
+
+    def _unet_sample(self, latents: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        area = latents.shape[-2] * latents.shape[-1]
+        if self._onnx_unet is not None and (self._onnx_unet_max_area is None or area <= self._onnx_unet_max_area):
+            return self._onnx_unet(latents, timestep, cond).to(latents.dtype)
+        return self.unet(latents, timestep, cond).sample
+
+    def _refiner_out(self, restored: torch.Tensor, degraded: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        if self._onnx_refiner is not None:
+            args = (restored, degraded) if context is None else (restored, degraded, context)
+            return self._onnx_refiner(*args).to(restored.dtype)
+        return self.refiner(restored, degraded, context)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -364,12 +409,12 @@ class SirDiffPipeline(DiffusionPipeline):
         b = latents.shape[0]
         timestep = t.expand(b).to(latents.device)
         if len(windows) == 1:
-            return self.unet(latents, timestep, cond).sample
+            return self._unet_sample(latents, timestep, cond)
         h, w = latents.shape[-2:]
         acc = torch.zeros_like(latents, dtype=torch.float32)
         wsum = torch.zeros((h, w), dtype=torch.float32, device=latents.device)
         for (y0, y1), (x0, x1) in windows:
-            out = self.unet(latents[..., y0:y1, x0:x1], timestep, cond[..., y0:y1, x0:x1]).sample
+            out = self._unet_sample(latents[..., y0:y1, x0:x1], timestep, cond[..., y0:y1, x0:x1])
             wy = _ramp(y1 - y0, y0 == 0, y1 == h, overlap)
             wx = _ramp(x1 - x0, x0 == 0, x1 == w, overlap)
             wt = (wy[:, None] * wx[None, :]).to(latents.device)  # (th, tw)
@@ -400,7 +445,7 @@ class SirDiffPipeline(DiffusionPipeline):
                 rs = restored_sets[s : s + 1].to(device, rdt) if wants_restored else None
                 context = view_set_context(views[s : s + 1].to(device, rdt), rs)
             for i in range(s * k, (s + 1) * k):
-                out.append(self.refiner(images[i : i + 1].to(rdt), degraded[i : i + 1].to(device, rdt),
+                out.append(self._refiner_out(images[i : i + 1].to(rdt), degraded[i : i + 1].to(device, rdt),
                                         context).float().clamp(-1, 1))
         return torch.cat(out)
 
@@ -483,3 +528,25 @@ class SirDiffPipeline(DiffusionPipeline):
         images = images.reshape(b, k, 3, hh, ww)
         result = tensor_to_images(images) if output_type == "np" else images
         return SirDiffPipelineOutput(images=result, tiles=len(windows), chunks=math.ceil(b / sets))
+
+
+class _UNetSample(torch.nn.Module):
+    """The UNet's forward as tensors in, one tensor out (what an ONNX export traces)."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, timestep, condition).sample
+
+
+class _RefinerCall(torch.nn.Module):
+    """The refinement head with its optional set context as a trailing input."""
+
+    def __init__(self, refiner: torch.nn.Module) -> None:
+        super().__init__()
+        self.refiner = refiner
+
+    def forward(self, restored: torch.Tensor, degraded: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        return self.refiner(restored, degraded, context[0] if context else None)

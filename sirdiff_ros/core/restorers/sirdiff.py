@@ -10,6 +10,7 @@ a guard, not the normal path).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -26,8 +27,28 @@ from .base import RestoredView, RestorerError, RestoreRequest, RestoreResult, re
 
 __all__ = ["DEFAULT_CHECKPOINT", "SirDiffRestorer", "SingleViewSirDiffRestorer"]
 
+# OpenMP worker threads that spin-wait for work hold a shared CPU's cores
+# against the SLAM stack (and made a test run 8x slower next to one other job):
+# idle threads sleep unless the user chose otherwise. Read once, when torch
+# loads (imported lazily, after this).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # The model shipped with the package (trained by `sirdiff-train`, see its MODEL_CARD.md).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "sirdiff-cpu"
+
+# The shipped model was trained on 16x16-latent crops; one 3D attention over a
+# whole 640x480 view set (4 x 80 x 60 tokens at its first attention level)
+# costs most of a denoising step there. Tiles of 40 latent px (160 image px,
+# overlapping by 8) measured the same held-out PSNR at 640x480 (+0.00 dB mean
+# over 3 view sets against whole images) and keep each network call
+# convolution-bound, where ONNX Runtime is the faster engine (bench/README.md).
+AUTO_TILE = 40
+AUTO_TILE_ABOVE = 96 * 96
+# engine 'auto': UNet calls on latent grids up to this area run in ONNX Runtime
+# (1.6x PyTorch on a 32x32 tile), larger ones in PyTorch (its fused attention:
+# 1.0 s against ONNX Runtime's 1.3 s on 80x60, a 320x240 view set); the head,
+# convolutions only, always in ONNX Runtime (0.16 s against 0.40 s at 320x240).
+ONNX_UNET_MAX_AREA = 64 * 64
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
            "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -80,7 +101,14 @@ class SirDiffRestorer:
     ``device`` ('cpu', 'cuda', 'cuda:0', 'mps' or 'auto': CUDA, then MPS, then the CPU); ``steps`` (default from the
     checkpoint); ``seed`` (noise seed, fixed per call: same input, same output);
     ``dtype`` ('auto', 'float32', 'float16', 'bfloat16');
-    ``memory_budget_mb`` (tile/chunk to stay under it); ``tile_size`` (latent px).
+    ``memory_budget_mb`` (tile/chunk to stay under it); ``tile_size`` (latent px;
+    'auto': :data:`AUTO_TILE` where a view set's latent grid exceeds
+    :data:`AUTO_TILE_ABOVE` pixels, whole otherwise; None: whole);
+    ``engine`` ('auto': ONNX Runtime where it is installed and the model runs
+    float32 on the CPU, PyTorch otherwise; 'torch'; 'onnx'), ``threads``
+    (intra-op threads of either engine; default: PyTorch's count) and
+    ``onnx_cache`` (folder of the exported networks, see
+    :mod:`sirdiff_ros.model.onnx_engine`).
     """
 
     name = "sirdiff"
@@ -88,7 +116,8 @@ class SirDiffRestorer:
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", steps: int | None = None,
                  seed: int = 0, dtype: str | None = "auto", memory_budget_mb: float | None = None,
-                 tile_size: int | None = None, sd21: str | Path | None = None, svd: str | Path | None = None,
+                 tile_size: int | str | None = "auto", sd21: str | Path | None = None, svd: str | Path | None = None,
+                 engine: str = "auto", threads: int | None = None, onnx_cache: str | Path | None = None,
                  **unknown: Any) -> None:
         if unknown:
             raise RestorerError(f"unknown option(s) for {self.name}: {', '.join(sorted(unknown))}")
@@ -105,12 +134,40 @@ class SirDiffRestorer:
         self.steps = int(steps) if steps is not None else int(self.pipe.default_steps)
         self.seed = int(seed)
         self.memory_budget_mb = memory_budget_mb
+        if not (tile_size is None or tile_size == "auto" or (isinstance(tile_size, int) and tile_size > 0)):
+            raise RestorerError(f"tile_size must be a positive number of latent pixels, 'auto' or None, got {tile_size!r}")
         self.tile_size = tile_size
         self.checkpoint = str(checkpoint if checkpoint is not None else (sd21 or DEFAULT_CHECKPOINT))
         if self.pipe.view_registration not in ("none", REGISTRATION):
             raise RestorerError(f"{self.checkpoint} was trained on views registered by "
                                 f"{self.pipe.view_registration!r}; this version knows 'none' and {REGISTRATION!r}")
         self._lock = threading.Lock()  # the scheduler keeps per-call state
+        self.engine = self._start_engine(engine, threads, onnx_cache)
+
+    def _start_engine(self, engine: str, threads: int | None, onnx_cache: str | Path | None) -> str:
+        import torch
+
+        from ...model.onnx_engine import onnxruntime_available
+
+        if engine not in ("auto", "torch", "onnx"):
+            raise RestorerError(f"engine must be 'auto', 'torch' or 'onnx', got {engine!r}")
+        if threads is not None:
+            if int(threads) < 1:
+                raise RestorerError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(int(threads))
+        cpu_float32 = self.device == "cpu" and self.dtype == torch.float32
+        max_area = None
+        if engine == "auto":
+            engine = "onnx" if cpu_float32 and onnxruntime_available() else "torch"
+            max_area = ONNX_UNET_MAX_AREA  # each call on the engine measured faster for its size
+        if engine == "onnx":
+            if not onnxruntime_available():
+                raise RestorerError("engine 'onnx' needs onnxruntime (pip install sirdiff_ros[onnx])")
+            if not cpu_float32:
+                raise RestorerError(f"engine 'onnx' runs float32 on the CPU, not {self.dtype} on {self.device}")
+            self.pipe.use_engine("onnx", threads=int(threads or torch.get_num_threads()), cache_dir=onnx_cache,
+                                 unet_max_area=max_area)
+        return engine
 
     # ----------------------------------------------------------- conversion
     @staticmethod
@@ -138,10 +195,14 @@ class SirDiffRestorer:
             padded = [np.pad(v, ((0, ph), (0, pw), (0, 0)), mode="reflect" if reflect else "edge") for v in views]
             batch.append(images_to_tensor(padded))  # (N, 3, H', W')
         x = torch.stack(batch)  # (B, N, 3, H', W')
+        tile = self.tile_size
+        if tile == "auto":
+            f = self.pipe.encoder.downsample_factor
+            tile = AUTO_TILE if ((h + ph) // f) * ((w + pw) // f) > AUTO_TILE_ABOVE else None
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         with self._lock:
             out = self.pipe(x, num_inference_steps=self.steps, generator=gen, memory_budget_mb=self.memory_budget_mb,
-                            tile_size=self.tile_size, output_type="np", output_views=output_views)
+                            tile_size=tile, output_type="np", output_views=output_views)
         return out.images[:, :, :h, :w], out.tiles
 
     def _calls(self, request: RestoreRequest, views: list[np.ndarray]) -> list[tuple[list[np.ndarray], dict[int, int]]]:
