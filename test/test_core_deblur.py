@@ -175,3 +175,25 @@ def test_baselines_are_registered_and_restore_a_target(photo_frames) -> None:
     assert not alone.restored and alone.reason == "no_partners"
     with pytest.raises(ValueError, match="no options"):
         create_restorer("aligned-mean", steps=3)
+
+
+def test_gate_finds_targets_in_a_uniformly_blurred_stream() -> None:
+    from sirdiff_ros.core.keyframes import KeyframeConfig
+    from sirdiff_ros.core.reasons import GateRule
+
+    # A shaking camera: long stretches in which every frame is blurred, so relative
+    # to its peers no frame stands out.
+    frames = list(photo_plane_sequence(skimage_data_dir() / "rocket.jpg", 2, 16, width=320, height=240,
+                                       exposure_s=0.03, fps=30.0, shake=ShakeConfig(blur_px_range=(25.0, 25.0))))
+    kf_cfg = KeyframeConfig(min_rotation_deg=0.2)  # every frame a keyframe
+    with_motion = RestorationPipeline(PipelineConfig(kf_cfg, exposure_s=0.03, motion_blur_px=3.0), "passthrough")
+    score_only = RestorationPipeline(PipelineConfig(kf_cfg, exposure_s=0.0), "passthrough")
+    d_motion = [with_motion.ingest(f) for f in frames]
+    d_score = [score_only.ingest(Frame(f.image, f.stamp_ns, f.intrinsics, f.pose)) for f in frames]
+    blurred = [i for i, f in enumerate(frames) if f.extras["blur_px"] >= 4.5 and d_motion[i].gate is not GateRule.UNDECIDED]
+    assert len(blurred) >= 4
+    assert all(d_motion[i].is_target and d_motion[i].gate is GateRule.MOTION for i in blurred)
+    # The relative score alone misses some of them: that is what the absolute measure is for.
+    assert sum(d_score[i].is_target for i in blurred) < len(blurred)
+    assert all(d.gate in (GateRule.SCORE, GateRule.SHARP_SCORE, GateRule.UNDECIDED) for d in d_score)
+    assert {d.gate for d in d_motion if not d.is_target} <= {GateRule.LITTLE_MOTION, GateRule.UNDECIDED}

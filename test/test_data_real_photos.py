@@ -59,3 +59,5 @@ def test_real_split_table_deblur_gains(tmp_path) -> None:
     assert data["overall"]["input"]["targets"] == report["overall"]["deblur"]["targets"] > 0
     assert data["overall"]["deblur"]["gain_db"] > 0.5
     assert "| deblur |" in (tmp_path / "report.md").read_text()
+    assert data["keyframes"] and all(k["gate"] for k in data["keyframes"])
+    assert sum(g["targets"] for g in data["gate"].values()) == data["overall"]["input"]["targets"]

@@ -49,7 +49,7 @@ from .deblur import EXPOSURE_MOTION_KEY, ExposureMotion, deblurred_view, evidenc
 from .frame import Frame
 from .geometry import Pose
 from .keyframes import Admission, Keyframe, KeyframeBuffer, KeyframeConfig
-from .reasons import KeyframeReason, Outcome, PassReason
+from .reasons import GateRule, KeyframeReason, Outcome, PassReason
 from .restorers.base import RestoreRequest, Restorer, create_restorer
 from .selection import SelectionConfig, ViewSelection, select_views
 
@@ -126,7 +126,8 @@ class FrameDecision:
     ``admission`` is the keyframe buffer's verdict; ``ingest_time`` a
     ``time.monotonic()`` reading taken on arrival; ``predicted_blur_px`` the
     motion blur predicted from the camera's velocity (NaN without
-    ``exposure_s`` or a recent previous pose).
+    ``exposure_s`` or a recent previous pose); ``gate`` the rule that decided
+    (:class:`~sirdiff_ros.core.reasons.GateRule`).
     """
 
     frame: Frame
@@ -138,6 +139,7 @@ class FrameDecision:
     admission: Admission | None = None
     ingest_time: float = 0.0
     predicted_blur_px: float = math.nan
+    gate: GateRule = GateRule.UNDECIDED
 
 
 @dataclass
@@ -263,6 +265,7 @@ class RestorationPipeline:
             motion = self._motion_blur(frame)
             adm = self.buffer.consider(frame, sharpness=s)
             ref = math.nan
+            gate = GateRule.UNDECIDED
             if not adm.admitted:
                 reason: str = PassReason.NO_POSE if adm.reason == KeyframeReason.NO_POSE else PassReason.NOT_KEYFRAME
                 is_target = False
@@ -273,21 +276,28 @@ class RestorationPipeline:
                     ref = float(np.quantile(peers, cfg.gate_quantile))
                 blurred_score = math.isfinite(ref) and s < cfg.blur_ratio * ref
                 if math.isfinite(motion):
-                    # The camera's motion decides when it is clear-cut; the
-                    # score decides in between.
-                    is_target = motion >= cfg.motion_blur_px or (blurred_score and motion >= cfg.motion_blur_px / 2)
-                    reason = "" if is_target else PassReason.SHARP
+                    # The camera's motion decides when it is clear-cut (an absolute
+                    # measure); the score, relative to recent keyframes, in between.
+                    if motion >= cfg.motion_blur_px:
+                        gate = GateRule.MOTION
+                    elif blurred_score and motion >= cfg.motion_blur_px / 2:
+                        gate = GateRule.MOTION_AND_SCORE
+                    else:
+                        gate = GateRule.LITTLE_MOTION
                 elif math.isfinite(ref):
-                    is_target = blurred_score
-                    reason = "" if is_target else PassReason.SHARP
-                else:
+                    gate = GateRule.SCORE if blurred_score else GateRule.SHARP_SCORE
+                if gate in (GateRule.MOTION, GateRule.MOTION_AND_SCORE, GateRule.SCORE):
+                    reason, is_target = "", True
+                elif gate is GateRule.UNDECIDED:
                     reason, is_target = PassReason.NO_REFERENCE, False
+                else:
+                    reason, is_target = PassReason.SHARP, False
             if not adm.admitted and frame.pose is not None and cfg.partner_ring > 0:
                 self._ring.append(Keyframe(frame, s, -1, frame.image.nbytes))
             self._count("frames")
             self._count("keyframes" if adm.admitted else "not_keyframes")
             self._count("targets" if is_target else f"passed.{reason}")
-        return FrameDecision(frame, s, adm.admitted, is_target, reason, ref, adm, t0, motion)
+        return FrameDecision(frame, s, adm.admitted, is_target, reason, ref, adm, t0, motion, gate)
 
     def _motion_blur(self, frame: Frame) -> float:
         """Predicted motion blur (px) from the camera's velocity, NaN when unknown; attaches the
@@ -309,6 +319,12 @@ class RestorationPipeline:
         if frame.depth is not None and frame.depth.shape == frame.image.shape[:2] and np.any(frame.depth > 0):
             depth = float(np.median(frame.depth[frame.depth > 0]))
         return motion.blur_px(frame.intrinsics, depth)
+
+    def partner_candidate_stamps(self) -> set[int]:
+        """Stamps of every frame a later target may take as partner (keyframes and the ring)."""
+        with self._lock:
+            ring = {k.stamp_ns for k in self._ring}
+        return ring | {int(x) for x in self.buffer.snapshot().stamps_ns}
 
     # -- restore -----------------------------------------------------------------
     def select(self, decision: FrameDecision) -> ViewSelection:

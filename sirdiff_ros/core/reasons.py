@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import Enum, IntEnum
 
-__all__ = ["StrEnum", "DropReason", "PassReason", "KeyframeReason", "Level", "Outcome"]
+__all__ = ["StrEnum", "DropReason", "PassReason", "GateRule", "KeyframeReason", "Level", "Outcome"]
 
 
 class StrEnum(str, Enum):
@@ -88,6 +88,22 @@ class PassReason(StrEnum):
     def overload(cls) -> frozenset[PassReason]:
         """The fallbacks that mean the node cannot keep up (they raise a WARN)."""
         return frozenset({cls.QUEUE_FULL, cls.LATENCY_BUDGET, cls.OUTPUT_FULL})
+
+
+class GateRule(StrEnum):
+    """Which rule of the blur gate decided a keyframe (``FrameDecision.gate``).
+
+    With ``exposure_s`` the camera's predicted motion blur is an absolute
+    measure (content-independent); the sharpness score is relative to recent
+    keyframes (it says nothing when all of them are blurred).
+    """
+
+    MOTION = "motion"  # target: predicted blur >= motion_blur_px
+    MOTION_AND_SCORE = "motion_and_score"  # target: >= half of it and the score agrees
+    SCORE = "score"  # target: no motion known, the score is below blur_ratio x its peers'
+    LITTLE_MOTION = "little_motion"  # not a target: predicted blur too small
+    SHARP_SCORE = "sharp_score"  # not a target: no motion known, the score is not low
+    UNDECIDED = "undecided"  # not gated: not a keyframe, no pose, or no reference yet
 
 
 class KeyframeReason(StrEnum):

@@ -58,14 +58,22 @@ def real_split_frames(split: str, sequences: int, frames: int, width: int, heigh
 
 
 class _TargetImages:
-    """Outcome sink keeping each backend's restored image of every target (for the example crops)."""
+    """Outcome sink keeping each backend's restored image of every target (for the example crops)
+    and the gate's decision on every keyframe (why it was, or was not, a target)."""
 
     def __init__(self) -> None:
         self.images: dict[int, dict[str, np.ndarray]] = {}
+        self.decisions: dict[int, dict[str, Any]] = {}
 
     def write(self, backend: str, outcome: Any) -> None:
-        if outcome.decision.is_target:
+        d = outcome.decision
+        if d.is_target:
             self.images.setdefault(outcome.frame.stamp_ns, {})[backend] = outcome.image
+        if d.is_keyframe and outcome.frame.stamp_ns not in self.decisions:
+            ratio = d.sharpness / d.reference_sharpness if d.reference_sharpness > 0 else math.nan
+            self.decisions[outcome.frame.stamp_ns] = {
+                "target": bool(d.is_target), "gate": str(d.gate), "reason": str(d.reason),
+                "predicted_blur_px": float(d.predicted_blur_px), "sharpness_ratio": float(ratio)}
 
 
 def _bucket(blur: float) -> str:
@@ -103,6 +111,7 @@ def evaluate_real_split(out_dir: str | Path, split: str = "val", sequences: int 
     streams = [INPUT, *backends]
     rows: list[dict[str, Any]] = []
     examples: list[dict[str, np.ndarray]] = []
+    keyframes: list[dict[str, Any]] = []
     t_start = time.time()
     for path, seq in real_split_frames(split, sequences, frames, width, height, seed, root):
         exposure = float(seq[0].extras["exposure_s"])
@@ -113,6 +122,8 @@ def evaluate_real_split(out_dir: str | Path, split: str = "val", sequences: int 
         keep = _TargetImages()
         result: EvaluationResult = evaluate_frames(seq, cfg, sink=keep, source=str(path))
         images = keep.images
+        for stamp, dec in sorted(keep.decisions.items()):
+            keyframes.append({"source": path.name, "stamp_ns": stamp, "blur_px": blur_by_stamp.get(stamp, math.nan), **dec})
         for rec in result.targets:
             row: dict[str, Any] = {"source": path.name, "stamp_ns": rec.stamp_ns, "exposure_s": exposure,
                                    "blur_px": blur_by_stamp.get(rec.stamp_ns, math.nan)}
@@ -134,13 +145,26 @@ def evaluate_real_split(out_dir: str | Path, split: str = "val", sequences: int 
         "overall": _summaries(rows, streams),
         "buckets": {b: _summaries([r for r in rows if _bucket(r["blur_px"]) == b], streams)
                     for b in sorted({_bucket(r["blur_px"]) for r in rows})},
+        "gate": _gate_summary(keyframes),
         "targets": rows,
+        "keyframes": keyframes,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "report.md").write_text(report_markdown(report))
     if examples:
         _write_examples(examples, ["input", *backends, "truth"], out / "examples.png")
     return report
+
+
+def _gate_summary(keyframes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per gate rule: keyframes, targets among them, and their true blur (median px)."""
+    out: dict[str, Any] = {}
+    for rule in sorted({k["gate"] for k in keyframes}):
+        ks = [k for k in keyframes if k["gate"] == rule]
+        blur = [k["blur_px"] for k in ks if np.isfinite(k["blur_px"])]
+        out[rule] = {"keyframes": len(ks), "targets": sum(k["target"] for k in ks),
+                     "true_blur_px_median": float(np.median(blur)) if blur else None}
+    return out
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -163,6 +187,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     for b, v in report["buckets"].items():
         lines.append(f"| {b} | {v[INPUT]['targets']} | {f(v[INPUT]['psnr'])} | "
                      + " | ".join(f(v[s].get('gain_db')) for s in report["backends"]) + " |")
+    lines += ["", "Why keyframes were, or were not, targets (the gate's rule; per keyframe in report.json):", "",
+              "| rule | keyframes | targets | true blur, median px |", "|---|---|---|---|"]
+    for rule, g in report.get("gate", {}).items():
+        lines.append(f"| {rule} | {g['keyframes']} | {g['targets']} | {f(g['true_blur_px_median'], 1)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -213,8 +213,17 @@ class Replay:
             streams = {INPUT: (INPUT, frame.image)}
             streams.update({n: (_image_key(o.image, frame.image, n), o.image) for n, o in outcomes.items()})
             self._slam.add(frame, streams)
+        # Every frame's outputs, while it can be a partner (keyframe or recent frame).
+        self._outputs[frame.stamp_ns] = {INPUT: (INPUT, frame.image)} | {
+            name: (_image_key(out.image, frame.image, name), out.image) for name, out in outcomes.items()}
         if decision.is_keyframe:
             self._evaluate_keyframe(index, decision, outcomes)
+        # Forget outputs of frames that can no longer be partners.
+        alive = self.pipeline.partner_candidate_stamps()
+        for s in [s for s in self._outputs if s not in alive]:
+            del self._outputs[s]
+        for ck in [ck for ck in self._feature_cache if ck[0] not in alive]:
+            del self._feature_cache[ck]
 
     def _evaluate_keyframe(self, index: int, decision: FrameDecision, outcomes: dict[str, RestorationOutcome]) -> None:
         frame = decision.frame
@@ -227,10 +236,7 @@ class Replay:
             views, overlaps = list(sel.views), list(sel.overlaps)
         else:
             views, overlaps = [frame], [1.0]
-        outputs = {INPUT: (INPUT, frame.image)}
-        for name, out in outcomes.items():
-            outputs[name] = (_image_key(out.image, frame.image, name), out.image)
-        self._outputs[stamp] = outputs
+        outputs = self._outputs[stamp]
 
         sharp = frame.extras.get("sharp")
         # A ground truth of another size (the super-resolution degradation) gives no PSNR.
@@ -261,12 +267,6 @@ class Replay:
         if decision.is_target:
             self._update_crops(record, frame, outcomes, sharp)
         self._remember_for_mapping(index, frame, outputs)
-        # Forget outputs of keyframes that can no longer be partners.
-        alive = set(int(s) for s in self.pipeline.buffer.snapshot().stamps_ns)
-        for s in [s for s in self._outputs if s not in alive]:
-            del self._outputs[s]
-        for ck in [ck for ck in self._feature_cache if ck[0] not in alive]:
-            del self._feature_cache[ck]
 
     # -- metrics -------------------------------------------------------------------
     def _stream_image(self, stream: str, stamp: int) -> tuple[str, np.ndarray]:
