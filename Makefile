@@ -49,7 +49,7 @@ export PYTHONPATH := $(REPO)
 STAMPS := $(VENV)/.stamps
 MSG_FILES := $(wildcard $(REPO)/msg/*.msg)
 
-.PHONY: venv venv-slam test lint demo bench lock clean distclean eval-model validate-model
+.PHONY: venv venv-slam test lint demo demo-slam bench lock clean distclean eval-model validate-model
 
 venv: $(STAMPS)/editable
 
@@ -95,6 +95,10 @@ lint: venv
 
 demo: venv
 	cd $(REPO) && $(PY) -m sirdiff_ros.ros.demo $(DEMO_ARGS)
+
+# ORB-SLAM3 in the loop over DDS (installs the optional SLAM extra first).
+demo-slam: venv-slam
+	cd $(REPO) && $(PY) -m sirdiff_ros.slam.demo $(DEMO_ARGS)
 
 bench: venv
 	cd $(REPO) && for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done

@@ -60,6 +60,7 @@ setup(
             "sirdiff-eval-real = sirdiff_ros.evaluation.real_split:main",
             "sirdiff-train = sirdiff_ros.training.cli:main",
             "sirdiff-vocab = sirdiff_ros.slam.vocabulary:main",
+            "sirdiff-orbslam = sirdiff_ros.slam.node:main",
         ]
     },
 )

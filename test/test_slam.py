@@ -8,6 +8,7 @@ vocabulary, settings and segment logic are tested everywhere.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -306,3 +307,59 @@ def test_eval_slam_refuses_stereo_without_a_right_camera(tmp_path: Path, small_v
     rc = eval_main([str(bag), "--out", str(tmp_path / "o"), "--no-mapping", "--no-bag", "--quiet",
                     "--slam", "orbslam3:stereo", "--orb-vocab", str(small_vocabulary)])
     assert rc == 2 and "right camera" in capsys.readouterr().err
+
+
+# -- the ORB-SLAM3 node over DDS ---------------------------------------------------------
+
+
+def test_orbslam_node_publishes_poses_of_tracked_frames(tmp_path: Path, small_vocabulary: Path) -> None:
+    pytest.importorskip("pyorbslam3", reason=NEEDS_SLAM)
+    import sys
+
+    from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from sirdiff_ros.core.image_codec import encode_image
+    from sirdiff_ros.ros.convert import frame_messages
+    from sirdiff_ros.ros.probe import NodeProcess, Probe
+    from sirdiff_ros.slam.node import read_states
+    from sirdiff_ros.slam.orbslam import SlamRun, slam_metrics
+
+    frames = _frames(1_000_001, 20, **SHARP)
+    states = tmp_path / "states.csv"
+    cmd = [sys.executable, "-m", "sirdiff_ros.slam.node", "--ros-args", "-r", "image:=/t/image",
+           "-r", "camera_info:=/t/camera_info", "-r", "depth:=/t/depth", "-r", "pose:=/t/slam_pose"]
+    node = NodeProcess({"mode": "rgbd", "vocabulary": str(small_vocabulary), "fps": 10.0, "states_file": str(states)},
+                       command=cmd, log_path=tmp_path / "node.log")
+    try:
+        with Probe({"/t/image": Image, "/t/camera_info": CameraInfo, "/t/depth": Image},
+                   {"/t/slam_pose": PoseStamped}, name="orbslam_probe") as probe:
+            assert probe.wait_matched(60.0), node.output()[-2000:]
+            bad = Image()  # an undecodable image: counted and logged, the node stays up
+            bad.encoding, bad.height, bad.width, bad.step = "rgb8", 4, 4, 12
+            bad.header.stamp.sec = 50
+            probe.publish("/t/image", bad)
+            probe.publish("/t/depth", bad)
+            for f in frames:
+                img, info, _ = frame_messages(f)
+                depth = Image()
+                depth.header = img.header
+                depth.height, depth.width, depth.encoding = f.height, f.width, "32FC1"
+                depth.step, depth.data = encode_image(f.depth, "32FC1")
+                probe.publish("/t/camera_info", info)
+                probe.publish("/t/depth", depth)
+                probe.publish("/t/image", img)
+                time.sleep(0.1)
+            probe.wait_for(lambda: len(probe.get("/t/slam_pose")) >= len(frames), 60.0)
+            poses = probe.get("/t/slam_pose")
+            assert len(poses) >= 18, node.output()[-3000:]
+        assert node.alive()
+    finally:
+        node.close()
+    stamps = {f.stamp_ns for f in frames}
+    assert all(p.stamp_ns in stamps for p in poses) and poses[0].msg.header.frame_id == "map"
+    got, st, est = read_states(states)
+    assert got == [f.stamp_ns for f in frames][: len(got)] and len(got) >= 19 and st.count("OK") >= 18
+    m = slam_metrics(SlamRun("rgbd", got, st, est, [0] * len(st)), {f.stamp_ns: f.pose for f in frames})
+    assert m["ate_rmse_m"] < 0.03
+    assert "frame dropped (bad_image" in node.output()
