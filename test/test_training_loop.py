@@ -461,3 +461,15 @@ def test_refine_head_lowers_the_frozen_pipelines_error_resumes_exactly_and_expor
     rctx = create_restorer("sirdiff", checkpoint=str(tmp_path / "rctx_out")).restore(RestoreRequest(views=frames, targets=[0]))
     assert rctx.views[0].image.shape == frames[0].image.shape
     assert not np.array_equal(rctx.views[0].image, ctx.views[0].image)
+    # --init-head: a new run fine-tunes a saved head (its weights at step 0); another architecture is refused.
+    fine = RefinerTrainer(tmp_path / "fine", RefineConfig(base=str(base), cache=str(cache), channels=8, blocks=1, n_views=(1, 3), crop=(32, 32),
+                                                          set_context=True, restored_context=True,
+                                                          init_head=str(tmp_path / "rctx_out" / "refiner")),
+                          progress=False)
+    saved = load_file(str(tmp_path / "rctx_out" / "refiner" / "diffusion_pytorch_model.safetensors"))
+    state = fine.accelerator.unwrap_model(fine.refiner).state_dict()
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k].cpu()) for k in saved)
+    with pytest.raises(ValueError, match="architecture"):
+        RefinerTrainer(tmp_path / "other", RefineConfig(base=str(base), cache=str(cache), channels=8, blocks=2, n_views=(1, 3), crop=(32, 32),
+                                                        init_head=str(tmp_path / "rctx_out" / "refiner")),
+                       progress=False)

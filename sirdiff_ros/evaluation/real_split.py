@@ -104,7 +104,7 @@ def evaluate_real_split(out_dir: str | Path, split: str = "val", sequences: int 
                         width: int = 320, height: int = 240, backends: Sequence[str] = ("deblur", "fusion"),
                         seed: int = 0, num_views: int = 4, root: str | Path | None = None,
                         backend_options: dict[str, dict[str, Any]] | None = None,
-                        log: Any = print) -> dict[str, Any]:
+                        partner_ring: int = PipelineConfig.partner_ring, log: Any = print) -> dict[str, Any]:
     """Run the table (module docstring) and write it under ``out_dir``; returns the report."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def evaluate_real_split(out_dir: str | Path, split: str = "val", sequences: int 
         exposure = float(seq[0].extras["exposure_s"])
         blur_by_stamp = {f.stamp_ns: float(f.extras["blur_px"]) for f in seq}
         cfg = ReplayConfig(backends=tuple(backends), num_views=num_views, mapping=False,
-                           pipeline=PipelineConfig(exposure_s=exposure),
+                           pipeline=PipelineConfig(exposure_s=exposure, partner_ring=partner_ring),
                            backend_options=backend_options or {})
         keep = _TargetImages()
         result: EvaluationResult = evaluate_frames(seq, cfg, sink=keep, source=str(path))
@@ -141,7 +141,8 @@ def evaluate_real_split(out_dir: str | Path, split: str = "val", sequences: int 
                 examples.append({"input": f.image, **imgs, "truth": f.extras["sharp"]})
     report: dict[str, Any] = {
         "split": split, "sequences": sequences, "frames_per_sequence": frames, "size": [width, height],
-        "seed": seed, "num_views": num_views, "backends": list(backends), "worse_db": WORSE_DB,
+        "seed": seed, "num_views": num_views, "partner_ring": partner_ring, "backends": list(backends),
+        "worse_db": WORSE_DB,
         "overall": _summaries(rows, streams),
         "buckets": {b: _summaries([r for r in rows if _bucket(r["blur_px"]) == b], streams)
                     for b in sorted({_bucket(r["blur_px"]) for r in rows})},
@@ -222,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backend", default="deblur,fusion,sirdiff-single,sirdiff",
                    help="comma-separated backends (default %(default)s)")
     p.add_argument("--views", type=int, default=4)
+    p.add_argument("--partner-ring", type=int, default=PipelineConfig.partner_ring,
+                   help="recent non-keyframes that are partner candidates too (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default=None, help="sirdiff checkpoint folder (default: the shipped weights)")
     p.add_argument("--root", default=None, help="real-image corpus (default: ../shared/data/real_images)")
@@ -230,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = {b: {"checkpoint": args.checkpoint} for b in backends if b.startswith("sirdiff") and args.checkpoint}
     try:
         report = evaluate_real_split(args.out, args.split, args.sequences, args.frames, args.width, args.height,
-                                     backends, args.seed, args.views, args.root, opts)
+                                     backends, args.seed, args.views, args.root, opts, args.partner_ring)
     except FileNotFoundError as exc:
         print(f"sirdiff-eval-real: {exc}", file=sys.stderr)
         return 2

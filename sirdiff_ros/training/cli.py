@@ -115,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sequences", type=int, default=None, metavar="N",
                    help="instead of --sets: N synthetic sequences (training seeds from --first-seed), one registered "
                         "set per keyframe as the online core builds it (keyframe buffer, view selection)")
-    c.add_argument("--frames", type=int, default=60, help="--sequences: frames per sequence")
+    c.add_argument("--real-photos", type=int, default=None, metavar="N",
+                   help="instead of --sets: N hand-held sequences of the real-photo corpus's train split "
+                        "(../shared/data/real_images), exposure known, views deblurred as the backends receive them; "
+                        "the gate's targets only")
+    c.add_argument("--frames", type=int, default=60, help="--sequences / --real-photos: frames per sequence")
     c.add_argument("--targets-only", action="store_true",
                    help="--sequences: only the keyframes the blur gate makes restoration targets")
     c.add_argument("--sets", type=int, default=2000, help="number of view sets")
@@ -179,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the head also sees the mean and spread of its view set's degraded views")
     f.add_argument("--restored-context", action="store_true",
                    help="with --set-context: the same summary of the set's restored views too")
+    f.add_argument("--init-head", help="a saved head folder to fine-tune (e.g. a checkpoint's refiner/)")
     _run_options(f, RefineConfig)
 
     e = sub.add_parser("export", help="export a run's weights as a checkpoint folder (a refine run: its base "
@@ -195,15 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _cache(args: argparse.Namespace) -> int:
     """Render training view sets into .npz shards."""
     from ..data.textures import training_seeds
-    from .data import (dataset_view_sets, registered_view_sets, sequence_view_sets, synthetic_frames,
-                       synthetic_view_sets, write_shards)
+    from .data import (dataset_view_sets, real_photo_view_sets, registered_view_sets, sequence_view_sets,
+                       synthetic_frames, synthetic_view_sets, write_shards)
 
-    if args.dataset and args.sequences is not None:
-        raise _UsageError("--dataset and --sequences are two different sources; give one")
+    if sum([bool(args.dataset), args.sequences is not None, args.real_photos is not None]) > 1:
+        raise _UsageError("--dataset, --sequences and --real-photos are different sources; give one")
     w, h = args.size
     if args.dataset:
         meta = {"dataset": args.dataset, "views": args.views, "stride": args.stride}
         sets = dataset_view_sets(args.dataset, args.views, stride=args.stride, seed=args.first_seed)
+    elif args.real_photos is not None:
+        meta = {"generator": "sirdiff_ros.data.real_photos.photo_plane_sequence", "split": "train",
+                "sequences": args.real_photos, "frames": args.frames, "views": args.views, "width": w, "height": h,
+                "first_seed": args.first_seed, "registration": REGISTRATION, "flow_fraction": args.flow_fraction,
+                "targets_only": True, "deblurred": True}
+        sets = real_photo_view_sets(args.real_photos, args.frames, args.views, w, h, seed=args.first_seed,
+                                    flow_fraction=args.flow_fraction)
     elif args.sequences is not None:
         meta = {"generator": "sirdiff_ros.data.synth.generate_sequence", "sequences": args.sequences,
                 "frames": args.frames, "views": args.views, "width": w, "height": h,

@@ -158,6 +158,33 @@ def dataset_view_sets(path: str | Path, n_views: int, stride: int = 1, seed: int
             yield np.stack([p[1][0] for p in window]), np.stack([p[1][1] for p in window])
 
 
+def _online_view_sets(frames: Iterable, config: PipelineConfig, rng: np.random.Generator, flow_fraction: float,
+                      targets_only: bool) -> Iterator[ViewSet]:
+    """One registered set per keyframe of ``frames`` with a full selection, as the online core builds it.
+
+    With a known exposure (``config.exposure_s``) and ``config.deconvolve``
+    the views are deblurred by their own motion first, exactly what the
+    backends receive at run time.
+    """
+    from sirdiff_ros.core.deblur import deblurred_view
+    from sirdiff_ros.core.pipeline import RestorationPipeline
+
+    pipeline = RestorationPipeline(config)
+    sharp: dict[int, np.ndarray] = {}  # the buffer drops extras; ground truth by stamp
+    for frame in frames:
+        decision = pipeline.ingest(frame)
+        sharp[frame.stamp_ns] = frame.extras["sharp"]
+        if not decision.is_keyframe or (targets_only and not decision.is_target):
+            continue
+        views = list(pipeline.select(decision).views)
+        if len(views) < config.num_views:
+            continue
+        if config.deconvolve and config.exposure_s > 0:
+            views = [deblurred_view(v) for v in views]
+        yield register_view_set(np.stack([sharp[v.stamp_ns] for v in views]), views, 0,
+                                by_flow=rng.random() < flow_fraction)
+
+
 def sequence_view_sets(seeds: Iterable[int], n_frames: int, n_views: int, width: int, height: int,
                        seed: int = 0, flow_fraction: float = 0.0, targets_only: bool = False,
                        pipeline_config: PipelineConfig | None = None, **synth_options) -> Iterator[ViewSet]:
@@ -176,31 +203,41 @@ def sequence_view_sets(seeds: Iterable[int], n_frames: int, n_views: int, width:
     """
     import dataclasses
 
-    from sirdiff_ros.core.pipeline import PipelineConfig, RestorationPipeline
+    from sirdiff_ros.core.pipeline import PipelineConfig
     from sirdiff_ros.data import synth
 
     if not 0.0 <= flow_fraction <= 1.0:
         raise DataError(f"flow_fraction must lie in [0, 1], got {flow_fraction}")
-    base = pipeline_config or PipelineConfig()
-    config = dataclasses.replace(base, num_views=n_views)
+    config = dataclasses.replace(pipeline_config or PipelineConfig(), num_views=n_views)
     rng = np.random.default_rng([seed, 0x5E9])
     for s in seeds:
         if synth.is_heldout_seed(int(s)):
             raise DataError(f"seed {s} belongs to the held-out evaluation split; never train on it")
-        pipeline = RestorationPipeline(config)
-        sharp: dict[int, np.ndarray] = {}  # the buffer drops extras; ground truth by stamp
-        for frame in synth.generate_sequence(int(s), n_frames, width, height, **synth_options):
-            decision = pipeline.ingest(frame)
-            if not decision.is_keyframe:
-                continue
-            sharp[frame.stamp_ns] = frame.extras["sharp"]
-            if targets_only and not decision.is_target:
-                continue
-            views = list(pipeline.select(decision).views)
-            if len(views) < n_views:
-                continue
-            yield register_view_set(np.stack([sharp[v.stamp_ns] for v in views]), views, 0,
-                                    by_flow=rng.random() < flow_fraction)
+        yield from _online_view_sets(synth.generate_sequence(int(s), n_frames, width, height, **synth_options),
+                                     config, rng, flow_fraction, targets_only)
+
+
+def real_photo_view_sets(n_sequences: int, n_frames: int, n_views: int, width: int, height: int, seed: int = 0,
+                         flow_fraction: float = 0.0, targets_only: bool = True,
+                         root: str | Path | None = None) -> Iterator[ViewSet]:
+    """View sets from hand-held sequences of the *train* split of the real-photo corpus
+    (:func:`sirdiff_ros.data.real_photos.photo_plane_sequence`), built as
+    :func:`sequence_view_sets` does, with each sequence's exposure known: the
+    views are deblurred by their own motion, as the backends receive them."""
+
+    from sirdiff_ros.core.pipeline import PipelineConfig
+    from sirdiff_ros.data.real_photos import photo_plane_sequence, real_photo_paths
+
+    paths = real_photo_paths("train", root)
+    if not paths:
+        raise DataError("the train split of the real-photo corpus has no images")
+    rng = np.random.default_rng([seed, 0x9E7])
+    order = rng.permutation(len(paths))
+    for k in range(n_sequences):
+        path = paths[int(order[k % len(paths)])]
+        frames = list(photo_plane_sequence(path, 30_000 + seed * 100_003 + k, n_frames, width, height))
+        config = PipelineConfig(num_views=n_views, exposure_s=float(frames[0].extras["exposure_s"]))
+        yield from _online_view_sets(frames, config, rng, flow_fraction, targets_only)
 
 
 def write_shards(sets: Iterable[ViewSet], out_dir: str | Path, sets_per_shard: int = 64,

@@ -58,6 +58,7 @@ class RefineConfig:
     grad_clip: float = 1.0
     soften_fraction: float = 0.0
     soften_sigma: tuple[float, float] = (0.5, 3.0)
+    init_head: str | None = None  # a saved head (e.g. a shipped checkpoint's refiner/) to start from
     kind: str = RUN_KIND
     measured: dict[str, Any] = field(default_factory=dict)
 
@@ -113,6 +114,13 @@ class RefinerTrainer(RunTrainer):
 
         torch.manual_seed(cfg.seed)
         refiner = cfg.build_head()
+        if cfg.init_head:
+            # Fine-tuning: the saved head's weights, which must be of this run's architecture.
+            saved = PixelRefiner.from_pretrained(cfg.init_head)
+            try:
+                refiner.load_state_dict(saved.state_dict())
+            except RuntimeError as exc:
+                raise ValueError(f"{cfg.init_head} is not a head of this run's architecture: {exc}") from exc
         self.sampler = self._sampler(self.store, self.base.parametrization.task)
         self.refiner = self._prepare(refiner, refiner.parameters())
 
