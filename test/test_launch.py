@@ -99,15 +99,17 @@ def test_launch_brings_the_node_up_active_with_namespace_remaps_and_overrides(tm
 
 
 def test_launch_with_autostart_false_waits_for_transitions(tmp_path: Path) -> None:
-    proc, log = _launch(tmp_path, "autostart:=false", "backend:=passthrough")
+    ns = f"lc{os.getpid()}"  # no clash with nodes of other tests still leaving the graph
+    proc, log = _launch(tmp_path, "autostart:=false", "backend:=passthrough", f"namespace:={ns}")
+    image = f"/{ns}/image"
     try:
-        with Probe({"image": Image}, {}) as probe:
-            lc = LifecycleClient(probe, "/sirdiff_restore")
+        with Probe({image: Image}, {}) as probe:
+            lc = LifecycleClient(probe, f"/{ns}/sirdiff_restore")
             assert lc.state() == "unconfigured", log.read_text()
-            assert probe.pubs["image"].get_subscription_count() == 0
+            assert probe.pubs[image].get_subscription_count() == 0
             assert lc.set(Transition.TRANSITION_CONFIGURE) and lc.set(Transition.TRANSITION_ACTIVATE)
             assert lc.state() == "active"
-            assert probe.wait_for(lambda: probe.pubs["image"].get_subscription_count() > 0, 10)
+            assert probe.wait_for(lambda: probe.pubs[image].get_subscription_count() > 0, 10)
     finally:
         rc = _stop(proc)
     assert rc == 0, log.read_text()

@@ -4,6 +4,8 @@ and model memory released on cleanup."""
 from __future__ import annotations
 
 import gc
+import os
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -22,7 +24,9 @@ pytestmark = pytest.mark.timeout(240)
 
 INPUTS = {"image": Image, "camera_info": CameraInfo, "pose": PoseStamped}
 OUTPUTS = {"restored/image": Image, "status": RestoreStatus}
-NODE = "/sirdiff_restore"
+NAME = f"sirdiff_restore_lc{os.getpid()}"  # no clash with nodes of other tests still leaving the graph
+NODE = f"/{NAME}"
+COMMAND = [sys.executable, "-m", "sirdiff_ros.ros.restore_node", "--ros-args", "-r", f"__node:={NAME}"]
 
 
 def _send(probe: Probe, frames: list[Any]) -> None:
@@ -41,7 +45,7 @@ def _subscribed(probe: Probe) -> bool:
 def test_lifecycle_transitions_over_services_images_flow_only_while_active(tmp_path: Path) -> None:
     frames = target_rich_frames(30, 64, 48)
     node = NodeProcess(
-        {"autostart": False, "backend": "fusion", "qos_reliability": "reliable", "min_translation": 0.0,
+        command=COMMAND, params={"autostart": False, "backend": "fusion", "qos_reliability": "reliable", "min_translation": 0.0,
          "diagnostics_period_s": 0.2, "latency_budget_s": 5.0},
         log_path=tmp_path / "node.log",
     )
@@ -93,7 +97,7 @@ def test_lifecycle_transitions_over_services_images_flow_only_while_active(tmp_p
 
 def test_failed_configure_keeps_the_node_unconfigured_and_explains(tmp_path: Path) -> None:
     node = NodeProcess({"autostart": False, "backend": "sirdiff", "checkpoint": str(tmp_path / "missing")},
-                       log_path=tmp_path / "node.log")
+                       command=COMMAND, log_path=tmp_path / "node.log")
     try:
         with Probe({}, {}) as probe:
             lc = LifecycleClient(probe, NODE)
