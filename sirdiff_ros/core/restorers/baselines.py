@@ -26,13 +26,28 @@ from .passthrough import check_request
 __all__ = ["DeblurRestorer", "AlignedMeanRestorer"]
 
 
-def _no_options(name: str, options: dict[str, Any]) -> None:
-    if options:
-        raise ValueError(f"{name} takes no options besides device, got {sorted(options)}")
+class _PerTargetBaseline:
+    """Shared frame of the baselines: no options but ``device``, each target restored on its own."""
+
+    name = ""
+
+    def __init__(self, device: str = "cpu", **options: Any) -> None:
+        if options:
+            raise ValueError(f"{self.name} takes no options besides device, got {sorted(options)}")
+        self.device = device
+
+    def restore(self, request: RestoreRequest) -> RestoreResult:
+        t0 = time.perf_counter()
+        check_request(request)
+        views = [self._restore_one(request, i) for i in request.targets]
+        return RestoreResult(views, self.name, self.device, time.perf_counter() - t0)
+
+    def _restore_one(self, request: RestoreRequest, index: int) -> RestoredView:
+        raise NotImplementedError
 
 
 @register_restorer("deblur")
-class DeblurRestorer:
+class DeblurRestorer(_PerTargetBaseline):
     """Each requested view deblurred alone by its own camera motion (backend ``deblur``).
 
     A view with no exposure motion attached (unknown exposure or velocity) or
@@ -41,40 +56,21 @@ class DeblurRestorer:
 
     name = "deblur"
 
-    def __init__(self, device: str = "cpu", **options: Any) -> None:
-        _no_options(self.name, options)
-        self.device = device
-
-    def restore(self, request: RestoreRequest) -> RestoreResult:
-        t0 = time.perf_counter()
-        check_request(request)
-        views = []
-        for i in request.targets:
-            out = deblurred_view(request.views[i])
-            done = out.extras.get("deblur_px", 0.0) > 0
-            views.append(RestoredView(i, out.image, done, "" if done else PassReason.NO_MOTION))
-        return RestoreResult(views, self.name, self.device, time.perf_counter() - t0)
+    def _restore_one(self, request: RestoreRequest, index: int) -> RestoredView:
+        out = deblurred_view(request.views[index])
+        done = out.extras.get("deblur_px", 0.0) > 0
+        return RestoredView(index, out.image, done, "" if done else PassReason.NO_MOTION)
 
 
 @register_restorer("aligned-mean")
-class AlignedMeanRestorer:
+class AlignedMeanRestorer(_PerTargetBaseline):
     """The linear-light mean of the target and its partners registered into its grid (backend ``aligned-mean``)."""
 
     name = "aligned-mean"
 
-    def __init__(self, device: str = "cpu", **options: Any) -> None:
-        _no_options(self.name, options)
-        self.device = device
-
-    def restore(self, request: RestoreRequest) -> RestoreResult:
-        t0 = time.perf_counter()
-        check_request(request)
-        views = []
-        for i in request.targets:
-            if len(request.views) < 2:
-                views.append(RestoredView(i, request.views[i].image, False, PassReason.NO_PARTNERS))
-                continue
-            stack = registered_views(request.views, i)  # target first, all in its grid
-            mean = np.mean([srgb_to_linear(v) for v in stack], axis=0)
-            views.append(RestoredView(i, linear_to_srgb(mean), True, info={"views": len(stack)}))
-        return RestoreResult(views, self.name, self.device, time.perf_counter() - t0)
+    def _restore_one(self, request: RestoreRequest, index: int) -> RestoredView:
+        if len(request.views) < 2:
+            return RestoredView(index, request.views[index].image, False, PassReason.NO_PARTNERS)
+        stack = registered_views(request.views, index)  # target first, all in its grid
+        mean = np.mean([srgb_to_linear(v) for v in stack], axis=0)
+        return RestoredView(index, linear_to_srgb(mean), True, info={"views": len(stack)})
