@@ -19,8 +19,8 @@ The velocity comes from the last posed frames (:func:`exposure_motion`): a
 quadratic through up to three poses, differentiated at the newest stamp, so
 a camera that accelerates through a pan is not assumed to move at the
 previous interval's mean rate. Depth: the frame's depth image when it has
-one, else one plane at the middle of ``depth_range`` in inverse depth
-(rotation blur does not depend on depth; translation blur does, weakly).
+one, else one plane at the geometric middle of ``depth_range``
+(rotation blur does not depend on depth; translation blur scales with 1 / depth).
 """
 
 from __future__ import annotations

@@ -311,7 +311,10 @@ class RestorationPipeline:
         trail.append((frame.stamp_ns, frame.pose))
         del trail[:-3]
         near, far = cfg.depth_range
-        depth = 2.0 / (1.0 / near + 1.0 / far)  # middle of the range in inverse depth
+        # Without a depth image: the geometric middle of the range. Translation blur
+        # scales with 1 / depth; the inverse-depth middle (near for a wide range)
+        # over-predicted it 2-4x in rooms and over-sharpened (docs/real_images.md).
+        depth = math.sqrt(near * far)
         motion = exposure_motion(trail, cfg.exposure_s, cfg.max_velocity_gap_s, depth)
         if motion is None:
             return math.nan

@@ -121,7 +121,9 @@ def run_demo(out: Path, frames: int, width: int, height: int, backend: str, seed
     print(f"[demo] starting sirdiff-restore with backend {backend!r}", flush=True)
     # Replay settings: every target may take its time (stream order is kept), the
     # config's defaults favour latency on a live camera instead.
-    params = {**TOPICS, "backend": backend, "qos_reliability": "reliable", "latency_budget_s": 600.0, "queue_size": 100}
+    params = {**TOPICS, "backend": backend, "qos_reliability": "reliable", "latency_budget_s": 600.0, "queue_size": 100,
+              # The generated rooms: walls 1-8 m away (the depth a monocular camera cannot see).
+              "min_depth": 1.0, "max_depth": 8.0}
     # The generator's exposure time is known: let the camera's motion predict the blur.
     params["exposure_s"] = SynthConfig().exposure_s
     node = NodeProcess(params, params_file=_params_file(), log_path=out / "node.log")
