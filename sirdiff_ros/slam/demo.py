@@ -114,6 +114,9 @@ def run_demo_slam(out: Path, frames: int, seed: int, mode: str, backend: str, ra
     params = {"image_topic": CAMERA["image"], "camera_info_topic": CAMERA["camera_info"], "pose_topic": SLAM_POSE,
               "backend": backend, "qos_reliability": "reliable", "latency_budget_s": 30.0, "queue_size": 64,
               "exposure_s": PRESETS["slam"]["exposure_s"],
+              # The player shares one thread among image, camera_info and depth; a depth message held
+              # back by a busy subscriber delays the camera_info after it: pair them patiently.
+              "sync_timeout_s": 5.0,
               # The newest image has no pose yet: ORB-SLAM3 is still behind it. Do not wait for one;
               # extrapolate the last poses over ORB-SLAM3's latency (a few frames).
               "pose_wait_s": 0.0, "pose_extrapolation_s": 0.3}
@@ -165,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: ./out/demo-slam-<date>-<time>)")
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--seed", type=int, default=1_000_007, help="held-out scene seed (1000007: four fast pans in 4 s)")
-    ap.add_argument("--mode", choices=("mono", "rgbd"), default="rgbd",
-                    help="ORB-SLAM3 mode (rgbd: metric poses, which the restore node's view selection expects)")
+    ap.add_argument("--mode", choices=("mono", "rgbd"), default="mono",
+                    help="ORB-SLAM3 mode (mono: blur decides tracking; rgbd: metric poses, but on 2 shared cores "
+                         "the extra depth stream delays the camera_info the restore node pairs images with)")
     ap.add_argument("--backend", default="fusion")
     ap.add_argument("--rate", type=float, default=0.5, help="bag playback rate (2 shared CPU cores: below real time)")
     ap.add_argument("--orb-vocab", default="", help="DBoW2 vocabulary (default: $PYORBSLAM3_VOCAB or the built-in one)")
