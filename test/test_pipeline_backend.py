@@ -200,8 +200,10 @@ def test_shipped_weights_sharpen_heldout_blurred_views_and_use_the_others() -> N
     assert min(leads) > 0.0 and float(np.mean(leads)) > MIN_SHIPPED_LEAD_DB, leads
 
 
-# 29 targets x 3 restorers at 320x240: about a minute alone, but several times that when another
-# process holds a core (OpenMP threads spin-wait), so a wider hang guard than pytest.ini's.
+# The first 60 frames: 22 / 13 targets x 3 restorers at 320x240 (the whole 100-frame sequences, 34 / 24
+# targets, measured +2.00 / +2.08 dB gain, +1.13 / +1.28 lead, +1.59 / +1.47 from the head; their first
+# 60 frames +2.34 / +2.11, +1.20 / +1.53, +1.69 / +1.44: the same bars hold with margin). About a minute
+# alone; a wider hang guard than pytest.ini's for a machine shared with other jobs.
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("seed", [1_000_000, 1_000_001])
 def test_shipped_weights_restore_the_targets_of_a_heldout_sequence(seed: int) -> None:
@@ -218,7 +220,7 @@ def test_shipped_weights_restore_the_targets_of_a_heldout_sequence(seed: int) ->
     assert headless.pipe.refiner is not None, "the shipped checkpoint carries its refinement head"
     headless.pipe.refiner = None  # the same UNet without the full-resolution head (ablation)
     rows = []  # (input, sirdiff, sirdiff-single, sirdiff without the head) PSNR per target
-    for frame in generate_sequence(seed, 100, 320, 240):
+    for frame in generate_sequence(seed, 60, 320, 240):
         decision = pipeline.ingest(frame)
         if not decision.is_target:
             continue
@@ -226,7 +228,7 @@ def test_shipped_weights_restore_the_targets_of_a_heldout_sequence(seed: int) ->
         outs = [pipeline.restore(decision, r) for r in (joint, single, headless)]
         assert all(o.restored for o in outs), [o.reason for o in outs]
         rows.append([psnr(frame.image, sharp)] + [psnr(o.image, sharp) for o in outs])
-    assert len(rows) >= 20, len(rows)
+    assert len(rows) >= 10, len(rows)
     inp, out, alone, unrefined = np.mean(rows, axis=0)
     assert out - inp > MIN_SEQUENCE_GAIN_DB and out - alone > MIN_SEQUENCE_LEAD_DB, (inp, out, alone)
     assert out - unrefined > MIN_HEAD_GAIN_DB, (out, unrefined)
