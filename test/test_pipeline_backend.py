@@ -200,9 +200,9 @@ def test_shipped_weights_sharpen_heldout_blurred_views_and_use_the_others() -> N
     assert min(leads) > 0.0 and float(np.mean(leads)) > MIN_SHIPPED_LEAD_DB, leads
 
 
-# The first 60 frames: 22 / 13 targets x 3 restorers at 320x240 (the whole 100-frame sequences, 34 / 24
-# targets, measured +2.00 / +2.08 dB gain, +1.13 / +1.28 lead, +1.59 / +1.47 from the head; their first
-# 60 frames +2.34 / +2.11, +1.20 / +1.53, +1.69 / +1.44: the same bars hold with margin). About a minute
+# The first 60 frames: 22 / 13 targets x 3 restorers at 320x240 (the whole 100-frame sequences, 34 / 29
+# targets, measured +2.03 / +2.10 dB gain, +1.15 / +1.38 lead, +1.62 / +1.40 from the head; their first
+# 60 frames +2.37 / +1.99, +1.24 / +1.40, +1.74 / +1.33: the same bars hold with margin). About a minute
 # alone; a wider hang guard than pytest.ini's for a machine shared with other jobs.
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("seed", [1_000_000, 1_000_001])
