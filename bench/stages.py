@@ -23,8 +23,10 @@ shared machine hits both alike: the ratio is the speed-up in one run. The
 PSNR of every output against ground truth is compared too (a speed-up must
 not cost quality).
 
-The model (``sirdiff``, shipped weights, 640x480, 4 views, default steps):
-``registration``, ``encode``, ``unet`` (all steps), ``decode``, ``refine``.
+The model (``sirdiff``, shipped weights, 640x480, 4 views, default steps),
+with the previous default (PyTorch, whole images) and the current one (engine
+``auto``, ``tile_size`` auto): ``registration``, ``encode``, ``unet`` (all
+steps), ``decode``, ``refine``.
 
 Writes bench/results/stages.json and prints tables (bench/README.md).
 """
@@ -165,8 +167,14 @@ def run_side(tree: Path | None, rounds: int) -> dict[str, Any]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def model_profile(steps: int | None) -> dict[str, Any]:
-    """The shipped sirdiff weights on one 640x480 4-view set: wall ms per stage."""
+# (label, restorer options): the previous default (PyTorch, whole images) and the current one.
+MODEL_CASES = (("torch, whole image (previous default)", {"engine": "torch", "tile_size": None}),
+               ("auto engine, auto tiles (default)", {}))
+
+
+def model_profile(steps: int | None) -> list[dict[str, Any]]:
+    """The shipped sirdiff weights on one 640x480 4-view set, per :data:`MODEL_CASES`:
+    wall and CPU ms, ms per stage, PSNR."""
     import torch
 
     from sirdiff_ros.core.profiling import collect_stages
@@ -175,17 +183,22 @@ def model_profile(steps: int | None) -> dict[str, Any]:
 
     views = sample_view_set(1, 4, 640, 480)
     views = [views[i] for i in np.argsort([-v.extras["blur_strength"] for v in views], kind="stable")]
-    restorer = create_restorer("sirdiff", steps=steps)
-    req = RestoreRequest(views, [0])
-    restorer.restore(req)
-    with collect_stages() as st:
-        t0 = time.perf_counter()
-        res = restorer.restore(req)
-        wall = time.perf_counter() - t0
     gt = views[0].extras["sharp"]
-    return {"ms": wall * 1e3, "stages_ms": {k: v * 1e3 for k, v in st.items()}, "steps": restorer.steps,
-            "engine": getattr(restorer, "engine", "torch"), "torch_threads": torch.get_num_threads(),
-            "psnr_in": psnr(views[0].image, gt), "psnr_out": psnr(res.for_index(0).image, gt)}
+    req = RestoreRequest(views, [0])
+    out = []
+    for label, options in MODEL_CASES:
+        restorer = create_restorer("sirdiff", steps=steps, **options)
+        restorer.restore(req)  # warm-up (and, the first time, the ONNX export)
+        with collect_stages() as st:
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = restorer.restore(req)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        out.append({"case": label, "ms": wall * 1e3, "cpu_ms": cpu * 1e3,
+                    "stages_ms": {k: v * 1e3 for k, v in st.items()}, "steps": restorer.steps,
+                    "engine": restorer.engine, "tiles": res.for_index(0).info.get("tiles"),
+                    "threads": torch.get_num_threads(),
+                    "psnr_in": psnr(views[0].image, gt), "psnr_out": psnr(res.for_index(0).image, gt)})
+    return out
 
 
 def summary(per: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -270,12 +283,15 @@ def print_tables(result: dict[str, Any]) -> None:
         print("ratio current/baseline (median per set):", json.dumps(result["fusion"]["ratio_current_over_baseline"]))
         print("PSNR change current-baseline (dB, mean):", json.dumps(result["fusion"]["psnr_change_db"]))
     if "model" in result:
-        m = result["model"]
-        print(f"\nsirdiff ({m['engine']}, {m['steps']} steps, torch threads {m['torch_threads']}), 640x480, 4 views: "
-              f"{m['ms']:.0f} ms; PSNR {m['psnr_in']:.2f} -> {m['psnr_out']:.2f} dB")
-        print("| " + " | ".join(MODEL_STAGES) + " |")
-        print("|" + "---|" * len(MODEL_STAGES))
-        print("| " + " | ".join(f"{m['stages_ms'].get(s, 0.0):.0f}" for s in MODEL_STAGES) + " |")
+        print("\nsirdiff (shipped weights), 640x480, 4 views: ms per target")
+        head = ["case", "engine", "tiles", "wall", "CPU", *MODEL_STAGES, "PSNR in -> out"]
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for m in result["model"]:
+            cells = [m["case"], m["engine"], str(m["tiles"]), f"{m['ms']:.0f}", f"{m['cpu_ms']:.0f}",
+                     *(f"{m['stages_ms'].get(st, 0.0):.0f}" for st in MODEL_STAGES),
+                     f"{m['psnr_in']:.2f} -> {m['psnr_out']:.2f}"]
+            print("| " + " | ".join(cells) + " |")
     print(f"machine: {result['machine']}")
 
 

@@ -137,6 +137,32 @@ def test_worker_drop_policy(policy: str, kept: list[int]) -> None:
     assert w.stop(1.0) == []
 
 
+def test_worker_threads_run_items_at_once_and_drain_together() -> None:
+    """Two threads: two items run concurrently (each waits for the other to start);
+    wait_idle and stop cover both; a third item waits in the queue meanwhile."""
+    started = [threading.Event(), threading.Event()]
+    release = threading.Event()
+    done: list[int] = []
+
+    def run(i: int) -> None:
+        if i < 2:
+            started[i].set()
+            assert started[1 - i].wait(5), "the other item never ran alongside"
+            release.wait(5)
+        done.append(i)
+
+    w: RestoreWorker[int] = RestoreWorker(run, 4, "drop_oldest", lambda i: None, lambda i, e: None, threads=2)
+    for i in (0, 1, 2):
+        w.submit(i)
+    assert started[0].wait(5) and started[1].wait(5)
+    assert w.running == 2 and w.depth == 1 and not w.wait_idle(0.05)
+    release.set()
+    assert w.wait_idle(5) and sorted(done) == [0, 1, 2] and w.running == 0
+    assert w.stop(1.0) == []
+    with pytest.raises(ValueError):
+        RestoreWorker(run, 4, "drop_oldest", lambda i: None, lambda i, e: None, threads=0)
+
+
 def test_worker_survives_a_crashing_job() -> None:
     crashes: list[tuple[int, str]] = []
     done: list[int] = []

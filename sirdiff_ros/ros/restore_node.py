@@ -194,7 +194,10 @@ class RestoreNode(LifecycleNode):
         self.startup_error = None
         self.pipeline = RestorationPipeline(self._config, self._restorer)
         self._reset_association()
-        self.worker = RestoreWorker(self._run_job, c["queue_size"], c["drop_policy"], self._on_job_dropped, self._on_job_crash)
+        # A backend that takes parallel calls (fusion: OpenCV and numpy release the GIL) uses more than one core.
+        threads = c["worker_threads"] if getattr(self._restorer, "parallel_calls", False) else 1
+        self.worker = RestoreWorker(self._run_job, c["queue_size"], c["drop_policy"], self._on_job_dropped, self._on_job_crash,
+                                    threads=threads)
         if c["input_transport"] == "compressed":
             # Decoding a VGA JPEG takes milliseconds: off the executor thread, one thread keeps the order.
             self._decoder = RestoreWorker(self._decode, 2 * c["qos_depth"], "drop_oldest", self._on_decode_dropped,

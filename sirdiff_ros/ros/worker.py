@@ -1,4 +1,5 @@
-"""One restoration worker thread fed by a bounded queue with an explicit drop policy.
+"""Restoration worker threads (one, or a few for a backend that takes parallel
+calls) fed by one bounded queue with an explicit drop policy.
 
 The executor thread only enqueues (constant time); the model runs here, so
 subscriptions, timers and parameter services stay responsive while it works.
@@ -30,9 +31,12 @@ class RestoreWorker(Generic[T]):
         on_dropped: Callable[[T], None],
         on_crash: Callable[[T, BaseException], None],
         name: str = "sirdiff-restore-worker",
+        threads: int = 1,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"queue capacity must be >= 1, got {capacity}")
+        if threads < 1:
+            raise ValueError(f"need at least one worker thread, got {threads}")
         self._run = run
         self.capacity = capacity
         self.policy = policy
@@ -41,11 +45,13 @@ class RestoreWorker(Generic[T]):
         self._queue: deque[T] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._busy = False
-        # Daemon: a backend stuck in a long call must not keep the process alive
+        self._running = 0  # items being processed
+        # Daemons: a backend stuck in a long call must not keep the process alive
         # after shutdown; it publishes nothing once stopping is set.
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=name if threads == 1 else f"{name}-{i}", daemon=True)
+                         for i in range(threads)]
+        for t in self._threads:
+            t.start()
 
     @property
     def policy(self) -> str:
@@ -65,8 +71,15 @@ class RestoreWorker(Generic[T]):
 
     @property
     def busy(self) -> bool:
+        """Whether an item is being processed."""
         with self._cond:
-            return self._busy
+            return self._running > 0
+
+    @property
+    def running(self) -> int:
+        """Items being processed (at most the number of threads)."""
+        with self._cond:
+            return self._running
 
     @property
     def stopping(self) -> bool:
@@ -103,7 +116,7 @@ class RestoreWorker(Generic[T]):
         """Wait up to ``timeout_s`` until nothing is queued or running; True if idle."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while self._queue or self._busy:
+            while self._queue or self._running:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -111,13 +124,15 @@ class RestoreWorker(Generic[T]):
             return True
 
     def stop(self, timeout_s: float) -> list[T]:
-        """Stop taking work, wait up to ``timeout_s`` for the running item; returns unstarted items."""
+        """Stop taking work, wait up to ``timeout_s`` for the running items; returns unstarted items."""
         with self._cond:
             self._stopping = True
             left = list(self._queue)
             self._queue.clear()
             self._cond.notify_all()
-        self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
         return left
 
     def _loop(self) -> None:
@@ -128,12 +143,12 @@ class RestoreWorker(Generic[T]):
                 if self._stopping:
                     return
                 item = self._queue.popleft()
-                self._busy = True
+                self._running += 1
             try:
                 self._run(item)
             except BaseException as exc:  # noqa: BLE001 - the worker must survive anything the backend does
                 self._on_crash(item, exc)
             finally:
                 with self._cond:
-                    self._busy = False
+                    self._running -= 1
                     self._cond.notify_all()

@@ -80,6 +80,8 @@ class Restorer(Protocol):
     device: str
     # Optional class attribute ``deblurs_views`` (default True): whether the
     # pipeline deblurs each view by its own motion before calling the backend.
+    # Optional class attribute ``parallel_calls`` (default False): whether
+    # ``restore`` may run in several threads at once (the node's worker_threads).
 
     def restore(self, request: RestoreRequest) -> RestoreResult:
         """Restore ``request.targets``; raise :class:`RestorerError` on failure."""

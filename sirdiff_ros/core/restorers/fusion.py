@@ -66,6 +66,8 @@ class FusionRestorer:
     """Geometric multi-view fusion (module docstring). CPU only."""
 
     name = "fusion"
+    # Calls share only the thread-safe frame cache; OpenCV and numpy release the GIL.
+    parallel_calls = True
 
     def __init__(self, device: str = "cpu", config: FusionConfig | None = None, **overrides: Any) -> None:
         self.device_choice = resolve_device(device, supported=("cpu",))  # DeviceError (a ValueError) otherwise
