@@ -62,6 +62,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def real_images(shared_data: Path) -> Path:
+    """``../shared/data/real_images``, the real-photo corpus; skips where it is absent."""
+    folder = shared_data / "real_images"
+    if not folder.is_dir():
+        pytest.skip(f"real-image corpus {folder} is absent (only present beside the project checkout)")
+    return folder
+
+
 @pytest.fixture
 def rclpy_context() -> Iterator[Any]:
     """A fresh rclpy ``Context``, initialised for one test and shut down after it."""

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
 from sirdiff_ros.data.real_photos import REAL_SPLITS, ShakeConfig, photo_plane_sequence, real_photo_paths
 from sirdiff_ros.data.textures import skimage_data_dir
-
-REAL_IMAGES = SHARED_DATA / "real_images"
-needs_corpus = pytest.mark.skipif(not REAL_IMAGES.is_dir(), reason=f"real-image corpus not found at {REAL_IMAGES}")
 
 
 def test_split_folders_are_disjoint() -> None:
@@ -24,9 +21,8 @@ def test_split_folders_are_disjoint() -> None:
         real_photo_paths("test")
 
 
-@needs_corpus
-def test_split_lists_real_sharp_images_only() -> None:
-    val, train = real_photo_paths("val", REAL_IMAGES), real_photo_paths("train", REAL_IMAGES)
+def test_split_lists_real_sharp_images_only(real_images: Path) -> None:
+    val, train = real_photo_paths("val", real_images), real_photo_paths("train", real_images)
     assert len(val) >= 50 and len(train) >= 200
     assert not {p.resolve() for p in val} & {p.resolve() for p in train}
     assert not any("calibration_chessboard" in p.parts or "depth" in p.parts for p in val + train)
@@ -49,12 +45,11 @@ def test_sequence_is_deterministic_and_blur_follows_the_reported_poses() -> None
     assert np.array_equal(still.image, still.extras["sharp"])
 
 
-@needs_corpus
-def test_real_split_table_deblur_gains(tmp_path) -> None:
+def test_real_split_table_deblur_gains(real_images: Path, tmp_path: Path) -> None:
     from sirdiff_ros.evaluation.real_split import evaluate_real_split
 
     report = evaluate_real_split(tmp_path, "val", sequences=2, frames=14, width=160, height=120,
-                                 backends=("deblur",), seed=1, root=REAL_IMAGES, log=lambda _msg: None)
+                                 backends=("deblur",), seed=1, root=real_images, log=lambda _msg: None)
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["overall"]["input"]["targets"] == report["overall"]["deblur"]["targets"] > 0
     assert data["overall"]["deblur"]["gain_db"] > 0.5

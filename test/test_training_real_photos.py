@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-import pytest
-
-from conftest import SHARED_DATA
-
-REAL_IMAGES = SHARED_DATA / "real_images"
 
 
-@pytest.mark.skipif(not REAL_IMAGES.is_dir(), reason=f"real-image corpus not found at {REAL_IMAGES}")
-def test_real_photo_view_sets_are_deblurred_registered_targets() -> None:
+def test_real_photo_view_sets_are_deblurred_registered_targets(real_images: Path) -> None:
     from sirdiff_ros.training.data import real_photo_view_sets
 
-    sets = list(real_photo_view_sets(3, 12, 3, 320, 240, seed=1, root=REAL_IMAGES))
+    sets = list(real_photo_view_sets(3, 12, 3, 320, 240, seed=1, root=real_images))
     assert sets
     for sharp, degraded in sets:
         assert sharp.shape == degraded.shape and sharp.shape[0] == 3 and sharp.shape[1:] == (240, 320, 3)
