@@ -165,8 +165,9 @@ def test_bad_input_is_counted_logged_and_valid_frames_all_come_out(tmp_path: Pat
     w, h = small_frames[0].width, small_frames[0].height
     # The malformed stamps are 10 ms apart, the default sync slop: a smaller slop pins each camera_info to
     # its own image (at 10 ms the sync may pair a neighbour's, depending on which topic arrives first).
+    # sync_timeout_s 1 s: a loaded host may stall the node that long between an image and its camera_info.
     node, _ = start_node(tmp_path, backend="passthrough", expected_frame_id=small_frames[0].frame_id,
-                         max_image_pixels=w * h * 2, sync_slop_s=0.002)
+                         max_image_pixels=w * h * 2, sync_slop_s=0.002, sync_timeout_s=1.0)
     try:
         with Probe(INPUTS, OUTPUTS) as probe:
             assert probe.wait_matched(), node.output()
@@ -209,9 +210,9 @@ def test_bad_input_is_counted_logged_and_valid_frames_all_come_out(tmp_path: Pat
         # Logged with a reason, and rate-limited (one line per kind per 5 s here).
         assert 1 <= len(lines) <= 2, (kind, lines)
         assert len(lines[0].split(":", 2)[-1].strip()) > 20, lines[0]
-    # An image without camera_info is given up on by the timeout, and the line says so.
+    # An image without camera_info is given up on by the timeout or the queue bound, and the line names which.
     no_info = next(ln for ln in log.splitlines() if "(no_camera_info)" in ln)
-    assert "arrived within sync_timeout_s=0.3 s" in no_info, no_info
+    assert "arrived within sync_timeout_s=1.0 s" in no_info or "(sync_queue_size)" in no_info, no_info
 
 
 # -- backend faults ------------------------------------------------------------------------

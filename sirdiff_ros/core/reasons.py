@@ -43,7 +43,6 @@ class DropReason(StrEnum):
     CAMERA_INFO_MISMATCH = "camera_info_mismatch"
     BAD_FRAME = "bad_frame"
     NOT_KEYFRAME = "not_keyframe"  # keyframes mode: non-keyframes are not republished
-    TIME_JUMP = "time_jump"  # still waiting for its camera_info when the stamps jumped back
     DEACTIVATED = "deactivated"  # still waiting for its camera_info when the node was deactivated
     DECODE_BACKLOG = "decode_backlog"  # compressed input: the decoder queue was full
     # -- image decoding (core.image_codec) --

@@ -141,6 +141,8 @@ class RestoreNode(LifecycleNode):
     _depths: deque[tuple[int, Any]]
     _last_stamp_ns: int | None
     _newest: dict[str, int]  # newest stamp per input topic
+    _old_line: dict[str, int]  # after a jump: the newest stamps of the time line before it
+    _old_line_until: float  # time.monotonic() until which late messages of that line are expected
 
     def __init__(self, node_name: str = P.NODE_NAME, *, context: Any = None, **kwargs: Any) -> None:
         super().__init__(node_name, context=context, **kwargs)
@@ -249,7 +251,7 @@ class RestoreNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_inputs()
-        self._finish_in_flight(PassReason.SHUTDOWN, DropReason.DEACTIVATED)
+        self._finish_in_flight()
         self._publish_diagnostics()  # the final counts, while the publishers are still active
         self.get_logger().info(f"inactive: {self._totals()}")
         return super().on_deactivate(state)
@@ -262,7 +264,7 @@ class RestoreNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         if state.label == "active":
             self._stop_inputs()
-            self._finish_in_flight(PassReason.SHUTDOWN, DropReason.DEACTIVATED)
+            self._finish_in_flight()
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
@@ -381,11 +383,11 @@ class RestoreNode(LifecycleNode):
             return self._drop(DropReason.WRONG_FRAME_ID, f"image frame_id {msg.header.frame_id!r} is not {c['expected_frame_id']!r}")
         stamp = stamp_to_ns(msg.header.stamp)
         with self._lock:
-            self._check_time_jump("image", stamp)
-            if self._last_stamp_ns is not None and stamp <= self._last_stamp_ns:
-                kind = DropReason.DUPLICATE_STAMP if stamp == self._last_stamp_ns else DropReason.STAMP_BACKWARDS
-                return self._drop(kind, f"image stamp {stamp} ns is not after the previous {self._last_stamp_ns} ns")
-            self._last_stamp_ns = stamp
+            if self._on_time_line("image", stamp):  # else a late image of the previous line: it goes out first
+                if self._last_stamp_ns is not None and stamp <= self._last_stamp_ns:
+                    kind = DropReason.DUPLICATE_STAMP if stamp == self._last_stamp_ns else DropReason.STAMP_BACKWARDS
+                    return self._drop(kind, f"image stamp {stamp} ns is not after the previous {self._last_stamp_ns} ns")
+                self._last_stamp_ns = stamp
             matched, evicted = self._sync.add(0, stamp, _Input(msg, image, stamp, arrival), arrival)
             self._handle_sync(matched, evicted)
 
@@ -393,7 +395,7 @@ class RestoreNode(LifecycleNode):
         now = time.monotonic()
         stamp = stamp_to_ns(msg.header.stamp)
         with self._lock:
-            self._check_time_jump("camera_info", stamp)
+            self._on_time_line("camera_info", stamp)  # late ones of the previous line still pair with their image
             matched, evicted = self._sync.add(1, stamp, msg, now)
             self._handle_sync(matched, evicted)
 
@@ -404,7 +406,7 @@ class RestoreNode(LifecycleNode):
             return self._reject(f"depth_{exc.kind}", f"depth image rejected: {exc}")
         stamp = stamp_to_ns(msg.header.stamp)
         with self._lock:
-            self._check_time_jump("depth", stamp)
+            self._on_time_line("depth", stamp)  # depth pairs by stamp: late ones of the previous line do no harm
             self._depths.append((stamp, depth))
 
     def _on_pose(self, msg: Any) -> None:
@@ -417,28 +419,58 @@ class RestoreNode(LifecycleNode):
             return self._reject(exc.kind, str(exc))
         stamp = stamp_to_ns(msg.header.stamp)
         with self._lock:
-            self._check_time_jump("pose", stamp)
+            if not self._on_time_line("pose", stamp):  # the pose history holds the new line only
+                return self._reject("pose_time_jump", f"pose stamp {stamp} ns belongs to the time line before the jump")
             if not self._poses.add(stamp, pose):
                 return self._reject(DropReason.POSE_STAMP_BACKWARDS, f"pose stamp {stamp} ns is not after {self._poses.latest_stamp_ns} ns")
             self._release_awaiting_pose(time.monotonic())
 
     # -- time jumps (lock held) -------------------------------------------------------------
-    def _check_time_jump(self, topic: str, stamp_ns: int) -> None:
-        """Start a new time line when ``topic``'s stamps jump back by more than the threshold."""
+    def _on_time_line(self, topic: str, stamp_ns: int) -> bool:
+        """Whether a message belongs to the current time line; starts a new one when
+        ``topic``'s stamps jump back by more than ``time_jump_threshold_s``.
+
+        Topics are not ordered among each other: after a jump seen on one topic,
+        another may still deliver messages of the old line (the last image of a
+        bag pass after the first pose of the next). Until such a topic delivers a
+        message of the new line, one stamped near or after its old newest is
+        such a late message: False.
+        """
+        threshold = int(self.cfg["time_jump_threshold_s"] * 1e9)
         last = self._newest.get(topic)
-        self._newest[topic] = stamp_ns if last is None else max(last, stamp_ns)
-        if last is None or last - stamp_ns <= int(self.cfg["time_jump_threshold_s"] * 1e9):
-            return
+        if last is None:
+            old = self._old_line.get(topic)
+            if old is not None and stamp_ns > old - threshold and time.monotonic() < self._old_line_until:
+                return False
+            self._newest[topic] = stamp_ns
+            return True
+        self._newest[topic] = max(last, stamp_ns)
+        if last - stamp_ns > threshold:
+            self._new_time_line(topic, last, stamp_ns)
+        return True
+
+    def _new_time_line(self, topic: str, last_ns: int, stamp_ns: int) -> None:
+        """The stamps jumped back: publish what the old line has in flight, then start afresh."""
         self.stats.on_time_jump()
         self.get_logger().warning(
-            f"time jumped back by {(last - stamp_ns) / 1e9:.3f} s on {topic} (bag loop, driver restart or /clock reset): "
-            f"association, pose history, keyframes and output order reset [{self.stats.time_jumps} so far]"
+            f"time jumped back by {(last_ns - stamp_ns) / 1e9:.3f} s on {topic} (bag loop, driver restart or /clock reset): "
+            f"pose history, keyframes and output order reset [{self.stats.time_jumps} so far]"
         )
-        self._finish_in_flight(PassReason.TIME_JUMP, DropReason.TIME_JUMP)
+        self._release_awaiting_pose(time.monotonic(), final=True)  # with the old line's poses
+        if self.worker is not None:
+            for job in self.worker.take_pending():
+                self.sequencer.resolve(job.seq, self._passed_through(job.src, PassReason.TIME_JUMP))
+        self.sequencer.flush(PassReason.TIME_JUMP)  # partners of the old line would be wrong
         if self.pipeline is not None:
             self.pipeline.reset()
-        self._reset_association()
-        self._newest[topic] = stamp_ns
+        c = self.cfg
+        self._poses = PoseHistory(c["pose_history_size"], int(c["pose_extrapolation_s"] * 1e9))
+        self._last_stamp_ns = None
+        # Images still pairing keep their place in the synchronizer (it matches by stamp); late
+        # messages of the old line arrive within the pairing time, not later.
+        self._old_line, self._old_line_until = dict(self._newest), time.monotonic() + max(1.0, 2 * c["sync_timeout_s"])
+        self._old_line[topic] = last_ns
+        self._newest = {topic: stamp_ns}
 
     def _reset_association(self) -> None:
         c = self.cfg
@@ -448,26 +480,25 @@ class RestoreNode(LifecycleNode):
         self._depths = deque(maxlen=c["sync_queue_size"])
         self._last_stamp_ns = None
         self._newest = {}
+        self._old_line, self._old_line_until = {}, 0.0
 
-    def _finish_in_flight(self, target_reason: PassReason, unpaired_reason: DropReason) -> None:
-        """Publish or count every image in flight: a time line ends (time jump, deactivation).
+    def _finish_in_flight(self) -> None:
+        """Publish or count every image in flight (deactivation).
 
-        Images waiting for camera_info are dropped (``unpaired_reason``); images waiting
-        for a pose are admitted with what the history has; targets not yet started are
-        published as originals (``target_reason``); the running one may finish.
+        Images waiting for camera_info are dropped (``deactivated``); images waiting
+        for a pose are admitted with what the history has; targets not yet started
+        are published as originals (``shutdown``); the running one may finish.
         """
         with self._lock:
             for ev in self._sync.flush():
                 if ev.input_index == 0:
-                    self._drop(unpaired_reason, f"image stamp {ev.stamp_ns} ns had no camera_info yet")
+                    self._drop(DropReason.DEACTIVATED, f"image stamp {ev.stamp_ns} ns had no camera_info yet")
             self._release_awaiting_pose(time.monotonic(), final=True)
             if self.worker is not None:
                 for job in self.worker.take_pending():
-                    self.sequencer.resolve(job.seq, self._passed_through(job.src, target_reason))
-                if target_reason is PassReason.SHUTDOWN:
-                    self.worker.wait_idle(_DRAIN_TIMEOUT_S)
-            if self.pipeline is not None:
-                self.sequencer.flush(target_reason)
+                    self.sequencer.resolve(job.seq, self._passed_through(job.src, PassReason.SHUTDOWN))
+                self.worker.wait_idle(_DRAIN_TIMEOUT_S)
+            self.sequencer.flush(PassReason.SHUTDOWN)
 
     # -- association (lock held) ---------------------------------------------------------
     def _handle_sync(self, matched: list[list[Any]], evicted: list[Any]) -> None:
