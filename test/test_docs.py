@@ -174,6 +174,9 @@ def test_documented_command(where: str, command: str) -> None:
     elif name == "accelerate":
         assert args[:2] == ["launch", "-m"], command
         _check_options([sys.executable, "-m", args[2]], args[3:], where)
+    elif name.startswith("python") and args and args[0].endswith(".py"):
+        assert (REPO_ROOT / args[0]).is_file(), f"{where}: no {args[0]}"
+        _check_options([sys.executable, str(REPO_ROOT / args[0])], args[1:], where)
     elif name.startswith("python"):
         assert args[0] == "-m", command
         if args[1] == "sirdiff_ros.ros.params":  # cheap: run it

@@ -36,13 +36,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -67,6 +65,7 @@ from .convert import (
 )
 from ..core.pose_history import PoseHistory, PoseLookup
 from .sequencer import OutputSequencer
+from .spin import run_node
 from .stats import NodeStats, StatsSnapshot
 from .worker import RestoreWorker
 
@@ -767,30 +766,17 @@ def main(args: list[str] | None = None) -> int:
     configuration that fails then ends the process. Without it the node waits
     for lifecycle transitions.
     """
-    rclpy.init(args=args)
-    try:
-        node = RestoreNode()
-    except StartupError as exc:
-        print(f"sirdiff-restore: {exc}", file=sys.stderr, flush=True)
-        rclpy.try_shutdown()
-        return 2
-    executor = SingleThreadedExecutor()
-    try:  # SIGINT may come at any point from here on, even while the model loads
-        if node.autostart:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                print(f"sirdiff-restore: {node.startup_error or 'configure failed'}", file=sys.stderr, flush=True)
-                return 2
-            node.trigger_activate()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.close()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("sirdiff-restore", RestoreNode, (StartupError,), _autostart, args)
+
+
+def _autostart(node: RestoreNode) -> str | None:
+    """Configure and activate when ``autostart`` is set; the reason when configure fails."""
+    if not node.autostart:
+        return None
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        return str(node.startup_error or "configure failed")
+    node.trigger_activate()
+    return None
 
 
 if __name__ == "__main__":

@@ -28,15 +28,14 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
 from ..core.image_codec import ImageDecodeError
 from ..ros.association import ApproxTimeSync
+from ..ros.spin import run_node
 from ..ros.convert import InputRejected, camera_info_to_intrinsics, depth_from_msg, image_from_msg, stamp_to_ns
 from .orbslam import OrbSlam, SlamInput, SlamUnavailable, TrackedFrame
 
@@ -200,25 +199,7 @@ def read_states(path: Path) -> tuple[list[int], list[str], list[Any]]:
 
 def main(args: list[str] | None = None) -> int:
     """``sirdiff-orbslam [--ros-args ...]``; exit code 2 when ORB-SLAM3 or its vocabulary is missing."""
-    rclpy.init(args=args)
-    try:
-        node = OrbSlamNode()
-    except (SlamUnavailable, ValueError) as exc:
-        print(f"sirdiff-orbslam: {exc}", file=sys.stderr, flush=True)
-        rclpy.try_shutdown()
-        return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.close()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("sirdiff-orbslam", OrbSlamNode, (SlamUnavailable, ValueError), args=args)
 
 
 if __name__ == "__main__":
