@@ -37,7 +37,7 @@ from ..core.image_codec import ImageDecodeError
 from ..ros.association import ApproxTimeSync
 from ..ros.spin import run_node
 from ..ros.convert import InputRejected, camera_info_to_intrinsics, depth_from_msg, image_from_msg, stamp_to_ns
-from .orbslam import OrbSlam, SlamInput, SlamUnavailable, TrackedFrame
+from .orbslam import OrbSlam, SlamInput, SlamUnavailable, TrackedFrame, require_slam
 
 __all__ = ["OrbSlamNode", "main", "write_states", "read_states"]
 
@@ -49,6 +49,7 @@ class OrbSlamNode(Node):
 
     def __init__(self) -> None:
         super().__init__("orbslam3")
+        require_slam()  # fail at startup, not on the first CameraInfo
         self.mode = str(self.declare_parameter("mode", "mono").value)
         if self.mode not in ("mono", "rgbd"):
             raise ValueError(f"parameter mode must be mono or rgbd, got {self.mode!r}")
