@@ -125,9 +125,14 @@ def bench_added_latency(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: 
     }
 
 
-def bench_fusion(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: float, budget_s: float) -> dict[str, Any]:
+def bench_fusion(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: float, budget_s: float,
+                 worker_threads: int | None = None) -> dict[str, Any]:
+    params = {"backend": "fusion", "num_views": 4, "qos_reliability": "reliable", "min_translation": 0.0,
+              "latency_budget_s": budget_s}
+    if worker_threads is not None:
+        params["worker_threads"] = worker_threads
     proc = NodeProcess(
-        {"backend": "fusion", "num_views": 4, "qos_reliability": "reliable", "min_translation": 0.0, "latency_budget_s": budget_s},
+        params,
         log_path=f"/tmp/bench_node_fusion_{os.getpid()}.log",
     )
     try:
@@ -155,6 +160,7 @@ def bench_fusion(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: float, 
     return {
         "rate_hz": rate,
         "latency_budget_s": budget_s,
+        "worker_threads": worker_threads,
         "seconds": seconds,
         "frames_sent": len(sent),
         "frames_out": int(e2e.size),
@@ -180,6 +186,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=1.0, help="latency_budget_s of the fusion run (the node's default)")
     ap.add_argument("--fusion-rate", type=float, default=30.0, help="input frame rate of the fusion run, Hz")
     ap.add_argument("--only-fusion", action="store_true")
+    ap.add_argument("--worker-threads", type=int, default=None, help="the fusion run's worker_threads (default: the node's)")
     args = ap.parse_args()
     print("generating 640x480 frames ...", flush=True)
     frames = target_rich_frames(12, 640, 480)
@@ -190,7 +197,7 @@ def main() -> int:
         added = bench_added_latency(msgs, args.seconds * 2, args.rate)
         print(json.dumps({k: v for k, v in added.items() if not isinstance(v, dict)}), flush=True)
     print("fusion backend, 4 views:", flush=True)
-    fusion = bench_fusion(msgs, args.seconds * 2, args.fusion_rate, args.budget)
+    fusion = bench_fusion(msgs, args.seconds * 2, args.fusion_rate, args.budget, args.worker_threads)
     if added is None:
         print(json.dumps(fusion, indent=2))
         return 0
