@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         "for several modes; needs the optional extra sirdiff_ros[slam])",
     )
     p.add_argument(
+        "--slam-runs",
+        type=int,
+        default=1,
+        help="ORB-SLAM3 runs per stream and mode (it is not deterministic); the median run by lost frames is "
+        "reported, with every run listed (default %(default)s)",
+    )
+    p.add_argument(
         "--orb-vocab",
         type=Path,
         help="DBoW2 ORB vocabulary for --slam (e.g. the official ORBvoc.txt; default $PYORBSLAM3_VOCAB, else a "
@@ -173,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             mapping=not args.no_mapping,
             slam_modes=slam_modes,
             slam_vocabulary=str(args.orb_vocab) if args.orb_vocab else None,
+            slam_runs=args.slam_runs,
         )
         result = evaluate_bag(
             args.bag,

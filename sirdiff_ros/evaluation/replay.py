@@ -76,6 +76,7 @@ class ReplayConfig:
     consistency_step: int = 2
     slam_modes: tuple[str, ...] = ()
     slam_vocabulary: str | None = None
+    slam_runs: int = 1
 
     def __post_init__(self) -> None:
         if not self.backends:
@@ -86,6 +87,8 @@ class ReplayConfig:
             raise ValueError(f"{INPUT!r} names the unrestored stream; it cannot be a backend")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.slam_runs < 1:
+            raise ValueError(f"slam_runs must be >= 1, got {self.slam_runs}")
         if self.min_inliers < 1 or self.consistency_step < 1:
             raise ValueError("min_inliers and consistency_step must be >= 1")
 
@@ -106,6 +109,7 @@ class ReplayConfig:
             "min_inliers": self.min_inliers,
             "consistency_step": self.consistency_step,
             "slam_modes": list(self.slam_modes),
+            "slam_runs": self.slam_runs,
         }
 
 
@@ -409,13 +413,13 @@ class Replay:
         rec = self._slam
         if rec is None or not rec.frames:
             return
-        outcomes = rec.run(self._slam_vocabulary.path)
+        outcomes = rec.run(self._slam_vocabulary.path, runs=self.config.slam_runs)
         res = self.result
         res.slam = {stream: {mode: o.metrics for mode, o in modes.items()} for stream, modes in outcomes.items()}
         res.slam_outcomes = outcomes
         res.slam_ground_truth = rec.ground_truth()
         res.slam_input_sharpness = rec.input_sharpness()
-        res.slam_info = {"system": "orbslam3", "modes": list(rec.modes), "fps": rec.fps(),
+        res.slam_info = {"system": "orbslam3", "modes": list(rec.modes), "fps": rec.fps(), "runs": self.config.slam_runs,
                          "vocabulary": self._slam_vocabulary.as_dict()}
 
     # -- result --------------------------------------------------------------------

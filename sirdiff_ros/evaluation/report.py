@@ -338,7 +338,9 @@ def slam_table(report: Mapping[str, Any]) -> list[str]:
     lines = [
         "## SLAM in the loop (ORB-SLAM3)",
         "",
-        f"Vocabulary: `{voc.get('path')}` ({voc.get('source')}); frames fed at {_fmt(info.get('fps'), 1)} fps. "
+        f"Vocabulary: `{voc.get('path')}` ({voc.get('source')}); frames fed at {_fmt(info.get('fps'), 1)} fps; "
+        f"{info.get('runs', 1)} run(s) per stream (several: the median run by lost frames, all runs' lost frames "
+        "in brackets). "
         "ATE / RPE: translation RMSE against the bag's poses over the tracked frames, each map segment aligned "
         "on its own (Sim3 monocular, SE3 RGB-D).",
         "",
@@ -348,9 +350,10 @@ def slam_table(report: Mapping[str, Any]) -> list[str]:
     for name, agg in report["backends"].items():
         for mode, m in (agg.get("slam") or {}).items():
             err = f" ({m['error']})" if m.get("error") else ""
+            spread = f" [{', '.join(str(r['lost_frames']) for r in m['runs'])}]" if m.get("runs") else ""
             lines.append(
                 f"| {name} | {mode} | {_fmt(100 * m['tracked_fraction'] if m.get('tracked_fraction') is not None else None, 1)} % | "
-                f"{m['lost_frames']} | {m['first_tracked_frame'] if m['first_tracked_frame'] is not None else '-'} | "
+                f"{m['lost_frames']}{spread} | {m['first_tracked_frame'] if m['first_tracked_frame'] is not None else '-'} | "
                 f"{m['map_resets']} | {_fmt(m.get('ate_rmse_m'), 4)} | {_fmt(m.get('rpe_rmse_m'), 4)} | "
                 f"{m.get('ate_frames', 0)}{err} |"
             )
