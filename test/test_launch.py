@@ -81,7 +81,7 @@ INPUTS = {"/cam/image_raw": Image, "/cam/info": CameraInfo, "/cam/pose": PoseSta
 
 
 def test_launch_brings_the_node_up_active_with_namespace_remaps_and_overrides(tmp_path: Path) -> None:
-    frames = target_rich_frames(6, 64, 48)
+    frames = target_rich_frames(40, 64, 48)
     proc, log = _launch(tmp_path, "namespace:=robot", "image:=/cam/image_raw", "camera_info:=/cam/info",
                         "pose:=/cam/pose", "backend:=passthrough", "device:=auto")
     try:
@@ -89,8 +89,18 @@ def test_launch_brings_the_node_up_active_with_namespace_remaps_and_overrides(tm
             lc = LifecycleClient(probe, "/robot/sirdiff_restore")
             assert lc.state() == "active", log.read_text()
             assert probe.wait_matched(20), log.read_text()
-            _send(probe, frames)
-            assert probe.wait_for(lambda: len(probe.get("/robot/restored/image")) == len(frames), 20), log.read_text()
+            # Sensor-data QoS (best effort, the node's default) may lose a frame on a loaded
+            # host: send until a few come out, the wiring is what is tested here.
+            sent = []
+            for f in frames:
+                _send(probe, [f])
+                sent.append(f.stamp_ns)
+                if len(probe.get("/robot/restored/image")) >= 3:
+                    break
+                time.sleep(0.1)
+            assert probe.wait_for(lambda: len(probe.get("/robot/restored/image")) >= 3, 20), log.read_text()
+            out = [r.stamp_ns for r in probe.get("/robot/restored/image")]
+            assert set(out) <= set(sent) and out == sorted(out)
         text = log.read_text()
         assert "with backend 'passthrough' on cpu" in text and "restoring /cam/image_raw -> /robot/restored/image" in text
     finally:
