@@ -55,18 +55,30 @@ def _launch(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["AMENT_PREFIX_PATH"] = str(prefix)
     log = tmp_path / "launch.log"
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    # Its own process group: _stop can end the nodes it starts along with it.
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
     return proc, log
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
+    """SIGINT (what Ctrl-C sends ros2 launch); after 20 s, SIGKILL to the launch's whole
+    process group, so that no node it started outlives the test (an orphaned node on the
+    same domain and names breaks every later launch test on the machine)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            return proc.wait(20)
+            rc = proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return proc.wait()
+            rc = proc.wait()
+    else:
+        rc = proc.returncode
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is still there
+    except ProcessLookupError:
+        pass
+    return rc
 
 
 def _send(probe: Probe, frames: list[Any]) -> None:
