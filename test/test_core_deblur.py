@@ -22,7 +22,7 @@ from sirdiff_ros.data.textures import skimage_data_dir
 
 def _psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     d = (a.astype(np.float64) - b.astype(np.float64)) ** 2
-    return float(10 * np.log10(255.0**2 / (d[mask] if mask is not None else d).mean()))
+    return float(10 * np.log10(255.0**2 / max((d[mask] if mask is not None else d).mean(), 1e-12)))
 
 
 def _rotating(omega: np.ndarray, alpha: np.ndarray, stamps_s: list[float]) -> list[tuple[int, Pose]]:
