@@ -133,7 +133,8 @@ def _run_node(args: list[str], where: str) -> None:
                 break
         assert "active: restoring" in "".join(lines), f"{where}: " + "".join(lines)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(20) == 0, where
+        rc = proc.wait(20)
+        assert rc == 0, f"{where}: exit {rc} after SIGINT\n" + "".join(lines) + (proc.stdout.read() or "")
     finally:
         if proc.poll() is None:
             proc.kill()
