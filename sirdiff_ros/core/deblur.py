@@ -43,6 +43,7 @@ __all__ = [
     "MotionBlurOperator",
     "richardson_lucy",
     "deblur_image",
+    "frame_depth",
     "deblurred_view",
     "evidence_guard",
 ]
@@ -263,6 +264,14 @@ def deblur_image(image: np.ndarray, motion: ExposureMotion, intrinsics: CameraIn
     return linear_to_srgb(np.clip(x, 0.0, 1.0)), op.blur_px
 
 
+def frame_depth(frame: Frame, plane_m: float) -> float | np.ndarray:
+    """The frame's depth image where it has a usable one (its size, some positive values), else ``plane_m``."""
+    d = frame.depth
+    if d is not None and d.shape == frame.image.shape[:2] and np.any(d > 0):
+        return d
+    return plane_m
+
+
 def deblurred_view(frame: Frame) -> Frame:
     """``frame`` with its image deblurred by its attached :class:`ExposureMotion` (cached on the frame).
 
@@ -276,9 +285,7 @@ def deblurred_view(frame: Frame) -> Frame:
     cached = frame.extras.get(_CACHE_KEY)
     if isinstance(cached, Frame):
         return cached
-    depth: float | np.ndarray = motion.depth_m
-    if frame.depth is not None and frame.depth.shape == frame.image.shape[:2] and np.any(frame.depth > 0):
-        depth = frame.depth
+    depth = frame_depth(frame, motion.depth_m)
     if motion.blur_px(frame.intrinsics, motion.depth_m) < MIN_BLUR_PX:
         out = frame
     else:

@@ -45,7 +45,7 @@ from typing import Any, cast
 import numpy as np
 
 from .blur import sharpness as sharpness_score
-from .deblur import EXPOSURE_MOTION_KEY, ExposureMotion, deblurred_view, evidence_guard, exposure_motion
+from .deblur import EXPOSURE_MOTION_KEY, ExposureMotion, deblurred_view, evidence_guard, exposure_motion, frame_depth
 from .frame import Frame
 from .geometry import Pose
 from .keyframes import Admission, Keyframe, KeyframeBuffer, KeyframeConfig
@@ -319,8 +319,9 @@ class RestorationPipeline:
         if motion is None:
             return math.nan
         frame.extras[EXPOSURE_MOTION_KEY] = motion
-        if frame.depth is not None and frame.depth.shape == frame.image.shape[:2] and np.any(frame.depth > 0):
-            depth = float(np.median(frame.depth[frame.depth > 0]))
+        measured = frame_depth(frame, depth)
+        if isinstance(measured, np.ndarray):
+            depth = float(np.median(measured[measured > 0]))
         return motion.blur_px(frame.intrinsics, depth)
 
     def partner_candidate_stamps(self) -> set[int]:
