@@ -42,6 +42,12 @@ sys.exit(ls.run())
 """
 
 
+def _default_sigint() -> None:
+    """In the launch child before exec: SIGINT and SIGQUIT back to their defaults."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def _launch(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
     """`ros2 launch sirdiff_ros restore.launch.py ARGS` against the venv as the installed prefix."""
     if not ROS_LAUNCH.is_dir():
@@ -56,8 +62,11 @@ def _launch(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
     env["AMENT_PREFIX_PATH"] = str(prefix)
     log = tmp_path / "launch.log"
     # Its own process group: _stop can end the nodes it starts along with it.
+    # Ctrl-C must reach it: a child inherits an *ignored* SIGINT, and in the full suite
+    # something in this process leaves SIGINT and SIGQUIT ignored (SigIgn seen in
+    # /proc; the launch then never saw the test's SIGINT and was killed after 20 s).
     proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     return proc, log
 
 
