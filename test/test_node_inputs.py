@@ -121,8 +121,11 @@ def test_bag_replayed_in_a_loop_with_sim_time_republishes_the_second_pass(tmp_pa
         with Probe({}, {**OUTPUTS, "/clock": Clock}) as probe:
             assert probe.wait_for(lambda: all(probe.node.count_publishers(t) for t in OUTPUTS), 20), node.output()
             player = _player(bag, "--loop", "--clock", "--rate", "2", "--wait-subscribers", "10", "--topics", *topics)
-            # Two whole passes out, and the third begun: the second is complete.
+            # Two whole passes out, and the third begun: the second is complete. The probe
+            # matches the player's /clock on its own schedule (passes can be over before
+            # it does), so it also waits for /clock to reach it.
             assert probe.wait_for(lambda: len(_passes([r.stamp_ns for r in probe.get("restored/image")])) >= 3, 60), node.output()
+            assert probe.wait_for(lambda: len(probe.get("/clock")) > 0, 30), "no /clock from the player"
             player.send_signal(signal.SIGINT)
             assert player.wait(15) == 0, player.stdout.read() if player.stdout else ""
             time.sleep(1.0)
