@@ -12,19 +12,27 @@ Two calls, so that the node can split them over threads:
 
 :meth:`RestorationPipeline.process` does both synchronously (offline replay).
 
-Blur gate: a keyframe is a restoration *target* only when its sharpness is
+Blur gate: a frame is a restoration *target* only when its sharpness is
 below ``blur_ratio`` times the reference sharpness of its recent peers, the
-``gate_quantile`` quantile of the previous ``gate_window`` keyframes' scores
-(a high quantile: the reference is what a *sharp* recent frame scores, robust
-to a few blurred ones). Keyframes above it pass through untouched with reason
+``gate_quantile`` quantile of the scores of the previous ``gate_window``
+keyframes, less those the score found blurred (a high quantile of sharp
+peers: the reference is what a *sharp* recent frame scores; a pan's blurred
+keyframes do not drag it down). Keyframes above it pass through untouched with reason
 ``sharp``. Until ``gate_min_peers`` earlier keyframes exist there is no
 reference and keyframes pass with reason ``no_reference``.
+
+Every posed frame goes through the gate (``restore_non_keyframes``, the
+default), not only keyframes: in ``stream`` mode a blurred frame between two
+restored keyframes reaches SLAM blurred, and ORB-SLAM3 loses track exactly
+there (its map then holds the sharp frames' descriptors, which a blurred
+frame does not match; docs/slam.md). Non-keyframes are judged against the
+same recent keyframes and pass with reason ``not_keyframe`` when sharp.
 
 The score depends on scene content (a turn towards a finely textured
 surface raises it). When the exposure time is known (``exposure_s`` > 0)
 the camera's own motion predicts the blur
 (:func:`~sirdiff_ros.core.blur.predicted_blur_px`, from the velocity since
-the previous posed frame): a keyframe is a target when the predicted blur
+the previous posed frame): a frame is a target when the predicted blur
 reaches ``motion_blur_px``, or reaches half of it and the score gate agrees.
 
 Reasons a frame is passed through (``RestorationOutcome.reason``):
@@ -40,7 +48,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +99,9 @@ class PipelineConfig:
     max_velocity_gap_s: float = 0.5  # previous pose older than this: no velocity
     deconvolve: bool = True  # invert each view's own motion blur (needs exposure_s) before the backend
     partner_ring: int = 8  # recent non-keyframes that are partner candidates too (0: keyframes only)
+    # Gate (and restore) every posed frame, not only keyframes: a blurred frame left between
+    # restored ones makes the stream's sharpness jump, and SLAM loses track there (docs/slam.md).
+    restore_non_keyframes: bool = True
 
     def __post_init__(self) -> None:
         if self.num_views < 1:
@@ -241,6 +252,9 @@ class RestorationPipeline:
         # Recent posed frames the buffer did not admit: during a pan every keyframe
         # may be blurred while a frame between them is sharp (bench/partners.py).
         self._ring: deque[Keyframe] = deque(maxlen=max(1, self.config.partner_ring))
+        # Scores of the recent keyframes the gate passed (its reference) and of the current run of targets.
+        self._reference: deque[float] = deque(maxlen=self.config.gate_window)
+        self._target_run: list[float] = []
         self._count_lock = threading.Lock()
         self._counts: dict[str, int] = {}
 
@@ -251,6 +265,8 @@ class RestorationPipeline:
             self.buffer.clear()
             self._ring.clear()
             self._pose_trail.clear()
+            self._reference.clear()
+            self._target_run.clear()
 
     # -- ingest ------------------------------------------------------------------
     def ingest(self, frame: Frame) -> FrameDecision:
@@ -266,38 +282,68 @@ class RestorationPipeline:
             adm = self.buffer.consider(frame, sharpness=s)
             ref = math.nan
             gate = GateRule.UNDECIDED
-            if not adm.admitted:
-                reason: str = PassReason.NO_POSE if adm.reason == KeyframeReason.NO_POSE else PassReason.NOT_KEYFRAME
-                is_target = False
-            else:
-                kf = cast(Keyframe, adm.keyframe)  # set whenever admitted
-                peers = self.buffer.recent_sharpness(cfg.gate_window, before_index=kf.index)
-                if peers.size >= cfg.gate_min_peers:
-                    ref = float(np.quantile(peers, cfg.gate_quantile))
-                blurred_score = math.isfinite(ref) and s < cfg.blur_ratio * ref
-                if math.isfinite(motion):
-                    # The camera's motion decides when it is clear-cut (an absolute
-                    # measure); the score, relative to recent keyframes, in between.
-                    if motion >= cfg.motion_blur_px:
-                        gate = GateRule.MOTION
-                    elif blurred_score and motion >= cfg.motion_blur_px / 2:
-                        gate = GateRule.MOTION_AND_SCORE
-                    else:
-                        gate = GateRule.LITTLE_MOTION
-                elif math.isfinite(ref):
-                    gate = GateRule.SCORE if blurred_score else GateRule.SHARP_SCORE
+            if adm.admitted or (cfg.restore_non_keyframes and frame.pose is not None):
+                gate, ref = self._gate(s, motion)
                 if gate in (GateRule.MOTION, GateRule.MOTION_AND_SCORE, GateRule.SCORE):
                     reason, is_target = "", True
+                elif not adm.admitted:
+                    reason, is_target = PassReason.NOT_KEYFRAME, False
                 elif gate is GateRule.UNDECIDED:
                     reason, is_target = PassReason.NO_REFERENCE, False
                 else:
                     reason, is_target = PassReason.SHARP, False
+            else:
+                reason = PassReason.NO_POSE if adm.reason == KeyframeReason.NO_POSE else PassReason.NOT_KEYFRAME
+                is_target = False
+            if adm.admitted:
+                self._remember_score(s, gate is GateRule.SCORE)
             if not adm.admitted and frame.pose is not None and cfg.partner_ring > 0:
                 self._ring.append(Keyframe(frame, s, -1, frame.image.nbytes))
             self._count("frames")
             self._count("keyframes" if adm.admitted else "not_keyframes")
             self._count("targets" if is_target else f"passed.{reason}")
         return FrameDecision(frame, s, adm.admitted, is_target, reason, ref, adm, t0, motion, gate)
+
+    def _gate(self, score: float, motion: float) -> tuple[GateRule, float]:
+        """The gate's rule for a frame of sharpness ``score`` and predicted blur ``motion`` (NaN: unknown),
+        and the reference sharpness (NaN without enough peers). Caller holds ``self._lock``."""
+        cfg = self.config
+        ref = math.nan
+        if len(self._reference) >= cfg.gate_min_peers:
+            ref = float(np.quantile(np.asarray(self._reference), cfg.gate_quantile))
+        blurred_score = math.isfinite(ref) and score < cfg.blur_ratio * ref
+        if math.isfinite(motion):
+            # The camera's motion decides when it is clear-cut (an absolute
+            # measure); the score, relative to recent keyframes, in between.
+            if motion >= cfg.motion_blur_px:
+                return GateRule.MOTION, ref
+            if blurred_score and motion >= cfg.motion_blur_px / 2:
+                return GateRule.MOTION_AND_SCORE, ref
+            return GateRule.LITTLE_MOTION, ref
+        if math.isfinite(ref):
+            return (GateRule.SCORE if blurred_score else GateRule.SHARP_SCORE), ref
+        return GateRule.UNDECIDED, ref
+
+    def _remember_score(self, score: float, blurred_by_score: bool) -> None:
+        """Keep a keyframe's score for the gate's reference. Caller holds ``self._lock``.
+
+        Keyframes the score gate found blurred stay out of the reference: in
+        a pan every keyframe is blurred, and with them in the window the
+        reference sank until the pan's blurred frames passed as sharp. (With
+        the exposure known the camera's motion catches a pan whatever the
+        reference, and every keyframe counts.) A scene that really scores
+        lower (plainer walls) would then make every keyframe a target for
+        ever: after ``2 * gate_window`` of them in a row the recent ones
+        become the reference."""
+        if not blurred_by_score:
+            self._reference.append(score)
+            self._target_run.clear()
+            return
+        self._target_run.append(score)
+        if len(self._target_run) >= 2 * self.config.gate_window:
+            self._reference.clear()
+            self._reference.extend(list(self._target_run)[-self.config.gate_window:])
+            self._target_run.clear()
 
     def _motion_blur(self, frame: Frame) -> float:
         """Predicted motion blur (px) from the camera's velocity, NaN when unknown; attaches the

@@ -90,9 +90,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("gate_quantile", _PC.gate_quantile, "Quantile of the peers' sharpness used as the reference.", min=0.0, max=1.0, group="keyframes"),
     ParamSpec("gate_min_peers", _PC.gate_min_peers, "Keyframes needed before any target is chosen.", min=1, max=1000, group="keyframes"),
     ParamSpec("exposure_s", _PC.exposure_s, "Camera exposure time, seconds; > 0 lets the camera's motion predict and invert blur (0: sharpness gate only, no deblurring).", min=0.0, max=1.0, group="keyframes"),
-    ParamSpec("motion_blur_px", _PC.motion_blur_px, "With exposure_s: predicted motion blur (pixels) that makes a keyframe a target.", min=0.1, max=1000.0, group="keyframes"),
+    ParamSpec("motion_blur_px", _PC.motion_blur_px, "With exposure_s: predicted motion blur (pixels) that makes a frame a target.", min=0.1, max=1000.0, group="keyframes"),
     ParamSpec("max_velocity_gap_s", _PC.max_velocity_gap_s, "With exposure_s: no velocity (no prediction) from a previous pose older than this, seconds.", min=0.001, max=60.0, group="keyframes"),
     ParamSpec("partner_ring", _PC.partner_ring, "Recent frames that are not keyframes, also partner candidates (0: keyframes only).", min=0, max=100, group="keyframes"),
+    ParamSpec("restore_non_keyframes", _PC.restore_non_keyframes, "Gate and restore every posed frame, not only keyframes (stream mode: a blurred frame between restored ones loses SLAM's track).", group="keyframes"),
     ParamSpec("deconvolve", _PC.deconvolve, "With exposure_s: deblur every view of a set by its own motion before the backend.", group="restoration"),
     ParamSpec("min_overlap", _PC.min_overlap, "Partners must see at least this fraction of the target's view.", min=0.0, max=1.0, group="keyframes"),
     ParamSpec("min_depth", float(_PC.depth_range[0]), "Scene depth range assumed for overlap without depth, near end, metres.", min=0.001, max=1000.0, group="keyframes"),
@@ -143,6 +144,7 @@ def pipeline_config(values: dict[str, Any]) -> PipelineConfig:
         max_velocity_gap_s=v["max_velocity_gap_s"],
         deconvolve=v["deconvolve"],
         partner_ring=v["partner_ring"],
+        restore_non_keyframes=v["restore_non_keyframes"],
     )
 
 
