@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from sirdiff_ros.core.keyframes import KeyframeConfig
 from sirdiff_ros.core.pipeline import (
     OUTCOME_PASSED_THROUGH,
     OUTCOME_RESTORED,
@@ -264,3 +265,51 @@ def test_recent_non_keyframes_are_partner_candidates_and_carry_their_motion():
     assert extra_partners > 0
     with pytest.raises(ValueError, match="partner_ring"):
         PipelineConfig(partner_ring=-1)
+
+
+def test_blurred_frames_between_keyframes_are_targets_too():
+    """In stream mode a blurred frame between two restored keyframes would reach SLAM blurred:
+    every posed frame goes through the gate, unless ``restore_non_keyframes`` is off."""
+    seq = list(generate_sequence(1_000_008, 75, 160, 120, preset="slam"))
+    exposure = seq[0].extras["exposure_s"]
+    every = RestorationPipeline(PipelineConfig(exposure_s=exposure), "fusion")
+    keyframes_only = RestorationPipeline(PipelineConfig(exposure_s=exposure, restore_non_keyframes=False), "passthrough")
+    restored_non_keyframes, blurred_non_keyframes = 0, 0
+    for f in seq:
+        d = every.ingest(f)
+        d0 = keyframes_only.ingest(dataclasses.replace(f, extras=dict(f.extras)))
+        assert d.is_keyframe == d0.is_keyframe
+        if not d0.is_keyframe:
+            assert not d0.is_target and d0.reason == "not_keyframe"
+        if d.is_keyframe:
+            continue
+        if f.extras["blur_px"] > every.config.motion_blur_px:
+            blurred_non_keyframes += 1
+            assert d.is_target, f"frame {f.seq}: {f.extras['blur_px']:.1f} px of blur passed ({d.gate})"
+            out = every.restore(d)
+            # Partners come from before the frame; the restored image replaces it in the stream.
+            assert all(v.stamp_ns < f.stamp_ns for v in out.views[1:])
+            restored_non_keyframes += out.restored
+        elif f.extras["blur_px"] < 1.0:
+            assert not d.is_target and d.reason == "not_keyframe"
+    assert blurred_non_keyframes >= 2 and restored_non_keyframes == blurred_non_keyframes
+    assert every.counts()["targets"] > keyframes_only.counts()["targets"]
+
+
+def test_score_reference_stays_on_sharp_keyframes_through_a_long_blurred_run(frames):
+    """Without the exposure only the score gates. A long run of blurred keyframes (a pan) must
+    not drag the reference down until blurred frames pass as sharp; a run longer than twice
+    the window is taken as the scene's new level (plainer walls), not blur for ever."""
+    every_frame = KeyframeConfig(min_translation=10.0, min_rotation_deg=90.0, max_time_gap_s=0.001)
+    cfg = PipelineConfig(keyframe=every_frame, gate_window=5)
+    pipe = RestorationPipeline(cfg, "passthrough")
+    sharp_run, blurred_run = 8, 2 * cfg.gate_window + 3
+    decisions = []
+    for i, f in enumerate(frames[: sharp_run + blurred_run]):
+        img = f.extras["sharp"] if i < sharp_run else smear(f.extras["sharp"])
+        decisions.append(pipe.ingest(dataclasses.replace(f, image=img, extras=dict(f.extras))))
+    assert all(d.is_keyframe for d in decisions)
+    blurred = decisions[sharp_run:]
+    reset = 2 * cfg.gate_window
+    assert all(d.is_target for d in blurred[:reset]), [d.is_target for d in blurred]
+    assert not any(d.is_target for d in blurred[reset:])

@@ -409,3 +409,44 @@ def test_late_poses_are_waited_for_and_frames_without_pose_pass_through(tmp_path
     restored = [s for s, k in sets.items() if k.outcome == KeyframeSet.OUTCOME_RESTORED]
     assert len(restored) >= 3 and max(restored) <= with_pose[-1].stamp_ns
     assert not set(sets) & {f.stamp_ns for f in without_pose}, "frames without a pose cannot be targets"
+
+
+def test_while_slam_is_lost_the_fallback_pose_source_keeps_frames_posed(tmp_path: Path, small_frames: list[Any]) -> None:
+    """SLAM publishes poses (its own world frame and scale) for the first frames, then none; the
+    odometry on ``fallback_pose_topic`` keeps the rest posed, in SLAM's world, so they are restored."""
+    import dataclasses
+
+    from sirdiff_ros.core.geometry import Pose
+
+    node, _ = start_node(tmp_path, fallback_pose_topic="odom", fallback_pose_type="pose_stamped", pose_wait_s=0.2)
+    frames = small_frames[:24]
+    tracked, lost = frames[:12], frames[12:]
+    q = np.array([0.1, 0.2, -0.3, 0.9])
+    world, scale = Pose.from_quaternion([2.0, 1.0, -0.5], q / np.linalg.norm(q)), 0.5
+
+    def in_slam_world(p: Pose) -> Pose:
+        return Pose(world.rotation @ p.rotation, scale * (world.rotation @ p.translation) + world.translation)
+
+    try:
+        with Probe({**INPUTS, "odom": PoseStamped}, OUTPUTS) as probe:
+            assert probe.wait_matched(), node.output()
+            for f in frames:
+                img, info, odom = frame_messages(f)
+                probe.publish("odom", odom)
+                if f.seq < len(tracked):
+                    probe.publish("pose", frame_messages(dataclasses.replace(f, pose=in_slam_world(f.pose)), "map")[2])
+                probe.publish("camera_info", info)
+                probe.publish("image", img)
+                time.sleep(0.05)
+            assert probe.wait_for(lambda: settled(probe, len(frames)), 20), node.output()
+            _, _, values = wait_diag(probe, lambda lv, msg, v: v.get("pose_source.fallback") == str(len(lost)))
+            sets = {r.stamp_ns: r.msg for r in probe.get("keyframe_set")}
+    finally:
+        node.close()
+    assert values.get("pose_source.fallback") == str(len(lost)), values
+    assert values.get("pose_source.pose_topic") == str(len(tracked)) and "pose_source.none" not in values
+    restored_lost = [f for f in lost if f.stamp_ns in sets and sets[f.stamp_ns].outcome == KeyframeSet.OUTCOME_RESTORED]
+    assert len(restored_lost) >= 2, "targets after SLAM's loss must still be restored"
+    for f in restored_lost:  # each target's pose continues SLAM's trajectory, in its frame and scale
+        p = sets[f.stamp_ns].views[0].pose.position
+        np.testing.assert_allclose([p.x, p.y, p.z], in_slam_world(f.pose).translation, atol=1e-3)

@@ -16,7 +16,7 @@ import yaml
 from sirdiff_ros.core.geometry import Pose
 from sirdiff_ros.ros import params as P
 from sirdiff_ros.ros.association import ApproxTimeSync
-from sirdiff_ros.core.pose_history import PoseHistory, PoseLookup
+from sirdiff_ros.core.pose_history import PoseHistory, PoseLookup, bridged_pose
 from sirdiff_ros.core.reasons import Level, PassReason
 from sirdiff_ros.ros.sequencer import OutputSequencer
 from sirdiff_ros.ros.stats import NodeStats
@@ -78,6 +78,40 @@ def test_pose_history_interpolates_waits_and_bounds_extrapolation() -> None:
     h.add(200 * MS, _pose_x(2.0))
     h.add(300 * MS, _pose_x(3.0))
     assert len(h) == 3 and h.lookup(0, final=True) is PoseLookup.NO_POSE  # bounded: oldest evicted
+
+
+def _in_slam_world(gt: Pose, world: Pose, scale: float) -> Pose:
+    """``gt`` as a SLAM map with its own world frame and (monocular) scale reports it."""
+    return Pose(world.rotation @ gt.rotation, scale * (world.rotation @ gt.translation) + world.translation)
+
+
+def test_bridged_pose_continues_slam_with_the_fallback_motion_in_slam_units() -> None:
+    from sirdiff_ros.data.synth import generate_sequence
+
+    seq = list(generate_sequence(2, 30, 64, 48, speed=0.8))
+    q = np.array([0.2, -0.1, 0.3, 0.9])
+    world = Pose.from_quaternion([3.0, -1.0, 0.5], q / np.linalg.norm(q))
+    slam, odometry = PoseHistory(100, 50 * MS), PoseHistory(100, 50 * MS)
+    assert bridged_pose(slam, odometry, seq[0].stamp_ns) is None  # SLAM has no pose yet
+    for f in seq:
+        odometry.add(f.stamp_ns, f.pose)
+    for f in seq[:12]:  # then SLAM is lost
+        slam.add(f.stamp_ns, _in_slam_world(f.pose, world, 0.4))
+    for f in seq[12:]:
+        assert slam.lookup(f.stamp_ns, final=True) is PoseLookup.NO_POSE
+        got = bridged_pose(slam, odometry, f.stamp_ns)
+        want = _in_slam_world(f.pose, world, 0.4)
+        assert got is not None
+        np.testing.assert_allclose(got.translation, want.translation, atol=1e-6)
+        assert math.degrees(got.rotation_angle_to(want)) < 1e-4
+    # No fallback pose at the image's stamp (beyond its own tolerance): none.
+    assert bridged_pose(slam, odometry, seq[-1].stamp_ns + 200 * MS) is None
+    # A fallback that barely moved over SLAM's window gives no scale: unscaled motion.
+    still = PoseHistory(100, 50 * MS)
+    for f in seq:
+        still.add(f.stamp_ns, seq[0].pose)
+    got = bridged_pose(slam, still, seq[20].stamp_ns)
+    assert got is not None and np.allclose(got.translation, _in_slam_world(seq[11].pose, world, 0.4).translation)
 
 
 # -- output ordering -------------------------------------------------------------------

@@ -6,6 +6,13 @@ interpolates (SLERP + linear) at the image stamp, extrapolating at most
 ``max_extrapolation_ns`` past either end with the constant-velocity model of
 :func:`sirdiff_ros.core.geometry.interpolate_pose`.
 ROS-free: stamps are integer nanoseconds.
+
+When the SLAM stack loses track it publishes no pose, and an image past the
+extrapolation tolerance has none. :func:`bridged_pose` continues the SLAM
+trajectory with a second source's *motion* (wheel or visual-inertial
+odometry of the same camera, in its own world frame): the fallback's motion
+since SLAM's newest pose, scaled to SLAM's units (a monocular map's scale is
+arbitrary), composed onto that pose.
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ import bisect
 import threading
 from enum import Enum
 
+import numpy as np
+
 from .geometry import Pose, interpolate_pose
 
-__all__ = ["PoseHistory", "PoseLookup"]
+__all__ = ["PoseHistory", "PoseLookup", "bridged_pose"]
 
 
 class PoseLookup(Enum):
@@ -54,6 +63,11 @@ class PoseHistory:
         with self._lock:
             self._stamps.clear()
             self._poses.clear()
+
+    def newest(self, count: int) -> list[tuple[int, Pose]]:
+        """The newest ``count`` entries ``(stamp_ns, pose)``, oldest first."""
+        with self._lock:
+            return list(zip(self._stamps[-count:], self._poses[-count:])) if count > 0 else []
 
     def add(self, stamp_ns: int, pose: Pose) -> bool:
         """Append a pose; returns False (and keeps nothing) if ``stamp_ns`` is not newer than the last."""
@@ -94,3 +108,39 @@ class PoseHistory:
                     return PoseLookup.NO_POSE
                 a, b = (len(stamps) - 2, len(stamps) - 1) if len(stamps) > 1 else (0, 0)
             return interpolate_pose(stamps[a], poses[a], stamps[b], poses[b], stamp_ns)
+
+
+def bridged_pose(primary: PoseHistory, fallback: PoseHistory, stamp_ns: int, scale_window: int = 30,
+                 min_path_m: float = 0.05) -> Pose | None:
+    """Pose at ``stamp_ns`` in ``primary``'s world from ``fallback``'s motion since ``primary``'s newest pose.
+
+    Both histories hold T_world_cam of the same camera, each in its own world
+    frame. With ``A`` the primary's newest stamp: ``P(A) @ S(F(A)^-1 @ F(t))``,
+    where ``S`` scales the translation by the ratio of the two sources' path
+    lengths over the primary's last ``scale_window`` poses (1 when the
+    fallback moved less than ``min_path_m`` there, or covers none of them).
+    None when the primary has no pose yet or the fallback has none at ``A``
+    or at ``stamp_ns`` (within its own extrapolation tolerance).
+    """
+    recent = primary.newest(scale_window)
+    if not recent:
+        return None
+    anchor_ns, anchor = recent[-1]
+    f_anchor, f_now = fallback.lookup(anchor_ns, final=True), fallback.lookup(stamp_ns, final=True)
+    if not (isinstance(f_anchor, Pose) and isinstance(f_now, Pose)):
+        return None
+    scale, path_p, path_f = 1.0, 0.0, 0.0
+    prev: tuple[Pose, Pose] | None = None
+    for stamp, p in recent:
+        f = fallback.lookup(stamp, final=True)
+        if not isinstance(f, Pose):
+            prev = None
+            continue
+        if prev is not None:
+            path_p += float(np.linalg.norm(p.translation - prev[0].translation))
+            path_f += float(np.linalg.norm(f.translation - prev[1].translation))
+        prev = (p, f)
+    if path_f >= min_path_m:
+        scale = path_p / path_f
+    rel = f_anchor.inverse() @ f_now
+    return anchor @ Pose(rel.rotation, rel.translation * scale)

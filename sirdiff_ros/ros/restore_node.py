@@ -63,7 +63,7 @@ from .convert import (
     pose_from_msg,
     stamp_to_ns,
 )
-from ..core.pose_history import PoseHistory, PoseLookup
+from ..core.pose_history import PoseHistory, PoseLookup, bridged_pose
 from .sequencer import OutputSequencer
 from .spin import run_node
 from .stats import NodeStats, StatsSnapshot
@@ -136,6 +136,7 @@ class RestoreNode(LifecycleNode):
     # Association state of the current time line (see _reset_association).
     _sync: ApproxTimeSync
     _poses: PoseHistory
+    _fallback_poses: PoseHistory
     _awaiting_pose: deque[_Input]
     _depths: deque[tuple[int, Any]]
     _last_stamp_ns: int | None
@@ -232,6 +233,9 @@ class RestoreNode(LifecycleNode):
         subs.append(self.create_subscription(CameraInfo, c["camera_info_topic"], self._on_camera_info, in_qos))
         pose_cls = PoseStamped if c["pose_type"] == "pose_stamped" else Odometry
         subs.append(self.create_subscription(pose_cls, c["pose_topic"], self._on_pose, in_qos))
+        if c["fallback_pose_topic"]:
+            fb_cls = PoseStamped if c["fallback_pose_type"] == "pose_stamped" else Odometry
+            subs.append(self.create_subscription(fb_cls, c["fallback_pose_topic"], self._on_fallback_pose, in_qos))
         if c["depth_topic"]:
             subs.append(self.create_subscription(Image, c["depth_topic"], self._on_depth, in_qos))
         self._input_subs = subs
@@ -424,6 +428,19 @@ class RestoreNode(LifecycleNode):
                 return self._reject(DropReason.POSE_STAMP_BACKWARDS, f"pose stamp {stamp} ns is not after {self._poses.latest_stamp_ns} ns")
             self._release_awaiting_pose(time.monotonic())
 
+    def _on_fallback_pose(self, msg: Any) -> None:
+        try:
+            pose = pose_from_msg(msg, self.cfg["fallback_pose_type"])
+        except InputRejected as exc:
+            return self._reject(f"fallback_{exc.kind}", str(exc))
+        stamp = stamp_to_ns(msg.header.stamp)
+        with self._lock:
+            if not self._on_time_line("fallback_pose", stamp):
+                return self._reject("fallback_pose_time_jump", f"fallback pose stamp {stamp} ns belongs to the time line before the jump")
+            if not self._fallback_poses.add(stamp, pose):
+                return self._reject(f"fallback_{DropReason.POSE_STAMP_BACKWARDS}",
+                                    f"fallback pose stamp {stamp} ns is not after {self._fallback_poses.latest_stamp_ns} ns")
+
     # -- time jumps (lock held) -------------------------------------------------------------
     def _on_time_line(self, topic: str, stamp_ns: int) -> bool:
         """Whether a message belongs to the current time line; starts a new one when
@@ -464,6 +481,7 @@ class RestoreNode(LifecycleNode):
             self.pipeline.reset()
         c = self.cfg
         self._poses = PoseHistory(c["pose_history_size"], int(c["pose_extrapolation_s"] * 1e9))
+        self._fallback_poses = PoseHistory(c["pose_history_size"], int(c["pose_extrapolation_s"] * 1e9))
         self._last_stamp_ns = None
         # Images still pairing keep their place in the synchronizer (it matches by stamp); late
         # messages of the old line arrive within the pairing time, not later.
@@ -475,6 +493,7 @@ class RestoreNode(LifecycleNode):
         c = self.cfg
         self._sync = ApproxTimeSync(2, c["sync_queue_size"], int(c["sync_slop_s"] * 1e9), c["sync_timeout_s"])
         self._poses = PoseHistory(c["pose_history_size"], int(c["pose_extrapolation_s"] * 1e9))
+        self._fallback_poses = PoseHistory(c["pose_history_size"], int(c["pose_extrapolation_s"] * 1e9))
         self._awaiting_pose = deque()
         self._depths = deque(maxlen=c["sync_queue_size"])
         self._last_stamp_ns = None
@@ -534,11 +553,18 @@ class RestoreNode(LifecycleNode):
         while self._awaiting_pose:
             src = self._awaiting_pose[0]
             last_chance = final or now - src.arrival >= wait or len(self._awaiting_pose) > self.cfg["max_pending_output"]
-            pose = self._poses.lookup(src.stamp_ns, final=last_chance)
-            if pose is PoseLookup.PENDING:
+            found = self._poses.lookup(src.stamp_ns, final=last_chance)
+            if found is PoseLookup.PENDING:
                 return
             self._awaiting_pose.popleft()
-            self._admit(src, None if isinstance(pose, PoseLookup) else pose)
+            pose = None if isinstance(found, PoseLookup) else found
+            source = "pose_topic"
+            if pose is None and self.cfg["fallback_pose_topic"]:
+                # SLAM has no pose here (lost, or not yet initialised): continue its last one with the fallback's motion.
+                pose = bridged_pose(self._poses, self._fallback_poses, src.stamp_ns)
+                source = "fallback"
+            self.stats.on_pose_source(source if pose is not None else "none")
+            self._admit(src, pose)
 
     def _admit(self, src: _Input, pose: Any) -> None:
         assert self.pipeline is not None and self.worker is not None  # images flow only while configured
@@ -715,6 +741,7 @@ class RestoreNode(LifecycleNode):
             "time_jumps": str(snap.time_jumps),
             "last_error": snap.last_error,
         }
+        kv.update({f"pose_source.{k}": str(v) for k, v in snap.pose_sources.items()})
         kv.update({f"dropped.{k}": str(v) for k, v in snap.dropped.items()})
         kv.update({f"passed_through.{k}": str(v) for k, v in snap.passthrough_reasons.items()})
         kv.update({f"rejected.{k}": str(v) for k, v in snap.rejected.items()})
@@ -725,7 +752,8 @@ class RestoreNode(LifecycleNode):
         snap = self.stats.snapshot()
         return (
             f"received {snap.received}, published {snap.published}, dropped {snap.dropped_total} "
-            f"{dict(snap.dropped)}, in flight {self.in_flight()}, restored {snap.restored}"
+            f"{dict(snap.dropped)}, in flight {self.in_flight()}, restored {snap.restored}, "
+            f"pose sources {dict(sorted(snap.pose_sources.items()))}"
         )
 
     def close(self, timeout_s: float = 1.0) -> None:

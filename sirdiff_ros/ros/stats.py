@@ -41,6 +41,7 @@ class StatsSnapshot:
     message: str
     time_jumps: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+    pose_sources: dict[str, int] = field(default_factory=dict)  # images admitted per pose source
 
     @property
     def dropped_total(self) -> int:
@@ -95,6 +96,7 @@ class NodeStats:
         self._e2e: deque[float] = deque(maxlen=latency_window)
         self.last_error = ""
         self.time_jumps = 0
+        self.pose_sources: Counter[str] = Counter()
         self._backend_failing = False
         # Problems since the previous snapshot decide WARN.
         self._drops_at_snapshot = 0
@@ -122,6 +124,11 @@ class NodeStats:
     def on_time_jump(self) -> None:
         with self._lock:
             self.time_jumps += 1
+
+    def on_pose_source(self, source: str) -> None:
+        """An image was admitted with a pose from ``source`` (pose_topic, fallback) or none."""
+        with self._lock:
+            self.pose_sources[source] += 1
 
     def on_decision(self, is_keyframe: bool, is_target: bool) -> None:
         with self._lock:
@@ -193,4 +200,5 @@ class NodeStats:
                 level=level,
                 message=msg,
                 time_jumps=self.time_jumps,
+                pose_sources=dict(self.pose_sources),
             )

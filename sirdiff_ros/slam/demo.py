@@ -9,9 +9,17 @@
    pose: camera bag -> restore node -> ORB-SLAM3 node -> pose -> restore node.
    The restore node extrapolates the newest pose to each new image's stamp
    (``pose_extrapolation_s``): ORB-SLAM3 publishes a frame's pose only after
-   it has tracked that frame, which comes after the restore node released it;
+   it has tracked that frame, which comes after the restore node released it.
+   While ORB-SLAM3 is lost (or not yet initialised) it publishes no pose; with
+   ``--fallback-poses`` (the default) the bag's camera pose topic plays the
+   robot's odometry on the restore node's ``fallback_pose_topic``, which then
+   continues ORB-SLAM3's last pose with that motion. The bag's poses are the
+   ground truth: a perfect odometry, so this run shows what the loop does with
+   good odometry, not with what a real robot has. ``--no-fallback-poses``: the
+   restore node has ORB-SLAM3's poses only;
 4. print the tracking table of both runs against the bag's ground-truth
-   poses, and write ``report.md`` / ``report.json`` under ``--out``.
+   poses, with where the restore node's poses came from, and write
+   ``report.md`` / ``report.json`` under ``--out``.
 
     python -m sirdiff_ros.slam.demo [--out DIR] [--frames 90] [--mode rgbd] [--backend fusion]
 """
@@ -19,8 +27,10 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -31,7 +41,8 @@ from .orbslam import SlamRun, slam_metrics
 
 __all__ = ["run_demo_slam", "main"]
 
-CAMERA = {"image": "/camera/image_raw", "camera_info": "/camera/camera_info", "depth": "/ground_truth/depth"}
+CAMERA = {"image": "/camera/image_raw", "camera_info": "/camera/camera_info", "depth": "/ground_truth/depth",
+          "pose": "/camera/pose"}
 RESTORED = {"image": "/restored/image", "camera_info": "/restored/camera_info"}
 SLAM_POSE = "/slam/pose"
 
@@ -80,8 +91,14 @@ def _run(out: Path, states: Path, ground_truth: dict[int, Any], mode: str) -> di
     return metrics
 
 
+def _pose_sources(log: str) -> dict[str, int]:
+    """Images the restore node admitted per pose source, from its shutdown line."""
+    found = re.findall(r"pose sources (\{[^}]*\})", log)
+    return {str(k): int(v) for k, v in ast.literal_eval(found[-1]).items()} if found else {}
+
+
 def run_demo_slam(out: Path, frames: int, seed: int, mode: str, backend: str, rate: float,
-                  vocabulary: str) -> dict[str, Any]:
+                  vocabulary: str, fallback_poses: bool = True) -> dict[str, Any]:
     from ..data.bags import read_bag_frames, write_frames_bag
     from ..data.synth import PRESETS, generate_sequence
     from ..ros.demo import _params_file
@@ -100,7 +117,7 @@ def run_demo_slam(out: Path, frames: int, seed: int, mode: str, backend: str, ra
     camera_topics = [CAMERA["image"], CAMERA["camera_info"]] + ([CAMERA["depth"]] if mode == "rgbd" else [])
     settle = max(8.0, 0.2 * frames)
     report: dict[str, Any] = {"frames": frames, "seed": seed, "mode": mode, "backend": backend, "rate": rate,
-                              "vocabulary": voc.as_dict(), "played": {}}
+                              "vocabulary": voc.as_dict(), "played": {}, "fallback_poses": fallback_poses}
 
     print(f"[demo-slam] run 1/2: the camera stream into ORB-SLAM3 ({mode})", flush=True)
     slam = _slam_node(out, "input", {"image": CAMERA["image"], "camera_info": CAMERA["camera_info"],
@@ -120,12 +137,17 @@ def run_demo_slam(out: Path, frames: int, seed: int, mode: str, backend: str, ra
               # The newest image has no pose yet: ORB-SLAM3 is still behind it. Do not wait for one;
               # extrapolate the last poses over ORB-SLAM3's latency (a few frames).
               "pose_wait_s": 0.0, "pose_extrapolation_s": 0.3}
+    restored_topics = list(camera_topics)
+    if fallback_poses:
+        params.update(fallback_pose_topic=CAMERA["pose"], fallback_pose_type="pose_stamped")
+        restored_topics.append(CAMERA["pose"])
     restore = NodeProcess(params, params_file=_params_file(), log_path=out / "restore_node.log")
     slam = _slam_node(out, "restored", {"image": RESTORED["image"], "camera_info": RESTORED["camera_info"],
                                         "depth": CAMERA["depth"], "pose": SLAM_POSE}, mode, str(voc.path), fps)
     _wait_log(slam, "ORB-SLAM3 " + mode, 120.0)
-    report["played"]["restored"] = _play(bag, camera_topics, rate, [restore, slam], settle)
+    report["played"]["restored"] = _play(bag, restored_topics, rate, [restore, slam], settle)
     report["restored"] = _run(out, out / "restored_states.csv", truth, mode)
+    report["restore_node_pose_sources"] = _pose_sources(restore.output())
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "report.md").write_text(_markdown(report))
     return report
@@ -155,6 +177,12 @@ def _markdown(r: dict[str, Any]) -> str:
         "",
         table(r),
         "",
+        "Poses of the restore node (images per source): " + (
+            ", ".join(f"{k} {v}" for k, v in r.get("restore_node_pose_sources", {}).items()) or "unknown") + ". "
+        + ("`fallback` = the bag's camera pose topic (ground truth, standing in for odometry) continuing "
+           "ORB-SLAM3's last pose while it had none." if r.get("fallback_poses") else
+           "No fallback: images without an ORB-SLAM3 pose (`none`) cannot be restored."),
+        "",
         "Timelines (`.` OK, `r` recently lost, `L` lost, `n` not initialised):",
         "",
         f"    input    {r['input']['timeline']}",
@@ -174,11 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="fusion")
     ap.add_argument("--rate", type=float, default=0.5, help="bag playback rate (2 shared CPU cores: below real time)")
     ap.add_argument("--orb-vocab", default="", help="DBoW2 vocabulary (default: $PYORBSLAM3_VOCAB or the built-in one)")
+    ap.add_argument("--fallback-poses", action=argparse.BooleanOptionalAction, default=True,
+                    help="the bag's camera poses (ground truth, standing in for odometry) on the restore node's "
+                         "fallback_pose_topic while ORB-SLAM3 has no pose (default: on)")
     args = ap.parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     out = (args.out or Path("out") / time.strftime("demo-slam-%Y%m%d-%H%M%S")).resolve()
-    report = run_demo_slam(out, args.frames, args.seed, args.mode, args.backend, args.rate, args.orb_vocab)
+    report = run_demo_slam(out, args.frames, args.seed, args.mode, args.backend, args.rate, args.orb_vocab,
+                           args.fallback_poses)
     print(table(report))
+    print(f"[demo-slam] restore node poses per source: {report.get('restore_node_pose_sources')}")
     print(f"[demo-slam] report: {out / 'report.md'}")
     return 0
 
