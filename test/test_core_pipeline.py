@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-from sirdiff_ros.core.keyframes import KeyframeConfig
 from sirdiff_ros.core.pipeline import (
     OUTCOME_PASSED_THROUGH,
     OUTCOME_RESTORED,
@@ -229,14 +228,10 @@ def test_known_exposure_gates_by_camera_motion():
     score_only = RestorationPipeline(PipelineConfig(), "passthrough")
     caught_by_score = [score_only.ingest(f) for f in frames]
     n_score = sum(d.is_target for d in caught_by_score if d.is_keyframe and blur[d.frame.seq] > 3.0)
-    passed_score = sum(not d.is_target for d in caught_by_score if d.is_keyframe and d.frame.seq > 0
-                       and blur[d.frame.seq] < 1.0)
-    print(f"score gate alone: blur > 3 px caught {n_score}/{len(caught)}, blur < 1 px passed {passed_score}/{len(passed)}")
+    print(f"score gate alone: blur > 3 px caught {n_score}/{len(caught)}")
     assert corr > 0.8
-    assert len(caught) >= 8 and np.mean(caught) >= 0.9 and sum(caught) >= n_score
+    assert len(caught) >= 8 and np.mean(caught) >= 0.9 and sum(caught) > n_score
     assert len(passed) >= 8 and np.mean(passed) >= 0.85
-    # The camera's motion tells blur from plain scene content better than the score alone.
-    assert sum(passed) > passed_score
     # Unknown exposure: no prediction, the score gate alone.
     d = RestorationPipeline(PipelineConfig(), "passthrough").ingest(frames[5])
     assert math.isnan(d.predicted_blur_px)
@@ -295,21 +290,3 @@ def test_blurred_frames_between_keyframes_are_targets_too():
     assert blurred_non_keyframes >= 2 and restored_non_keyframes == blurred_non_keyframes
     assert every.counts()["targets"] > keyframes_only.counts()["targets"]
 
-
-def test_score_reference_stays_on_sharp_keyframes_through_a_long_blurred_run(frames):
-    """Without the exposure only the score gates. A long run of blurred keyframes (a pan) must
-    not drag the reference down until blurred frames pass as sharp; a run longer than twice
-    the window is taken as the scene's new level (plainer walls), not blur for ever."""
-    every_frame = KeyframeConfig(min_translation=10.0, min_rotation_deg=90.0, max_time_gap_s=0.001)
-    cfg = PipelineConfig(keyframe=every_frame, gate_window=5)
-    pipe = RestorationPipeline(cfg, "passthrough")
-    sharp_run, blurred_run = 8, 2 * cfg.gate_window + 3
-    decisions = []
-    for i, f in enumerate(frames[: sharp_run + blurred_run]):
-        img = f.extras["sharp"] if i < sharp_run else smear(f.extras["sharp"])
-        decisions.append(pipe.ingest(dataclasses.replace(f, image=img, extras=dict(f.extras))))
-    assert all(d.is_keyframe for d in decisions)
-    blurred = decisions[sharp_run:]
-    reset = 2 * cfg.gate_window
-    assert all(d.is_target for d in blurred[:reset]), [d.is_target for d in blurred]
-    assert not any(d.is_target for d in blurred[reset:])

@@ -14,10 +14,9 @@ Two calls, so that the node can split them over threads:
 
 Blur gate: a frame is a restoration *target* only when its sharpness is
 below ``blur_ratio`` times the reference sharpness of its recent peers, the
-``gate_quantile`` quantile of the scores of the previous ``gate_window``
-keyframes, less those the score found blurred (a high quantile of sharp
-peers: the reference is what a *sharp* recent frame scores; a pan's blurred
-keyframes do not drag it down). Keyframes above it pass through untouched with reason
+``gate_quantile`` quantile of the previous ``gate_window`` keyframes' scores
+(a high quantile: the reference is what a *sharp* recent frame scores, robust
+to a few blurred ones). Keyframes above it pass through untouched with reason
 ``sharp``. Until ``gate_min_peers`` earlier keyframes exist there is no
 reference and keyframes pass with reason ``no_reference``.
 
@@ -48,7 +47,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -252,9 +251,6 @@ class RestorationPipeline:
         # Recent posed frames the buffer did not admit: during a pan every keyframe
         # may be blurred while a frame between them is sharp (bench/partners.py).
         self._ring: deque[Keyframe] = deque(maxlen=max(1, self.config.partner_ring))
-        # Scores of the recent keyframes the gate passed (its reference) and of the current run of targets.
-        self._reference: deque[float] = deque(maxlen=self.config.gate_window)
-        self._target_run: list[float] = []
         self._count_lock = threading.Lock()
         self._counts: dict[str, int] = {}
 
@@ -265,8 +261,6 @@ class RestorationPipeline:
             self.buffer.clear()
             self._ring.clear()
             self._pose_trail.clear()
-            self._reference.clear()
-            self._target_run.clear()
 
     # -- ingest ------------------------------------------------------------------
     def ingest(self, frame: Frame) -> FrameDecision:
@@ -283,7 +277,8 @@ class RestorationPipeline:
             ref = math.nan
             gate = GateRule.UNDECIDED
             if adm.admitted or (cfg.restore_non_keyframes and frame.pose is not None):
-                gate, ref = self._gate(s, motion)
+                # A non-keyframe is judged against the keyframes so far (all of them precede it).
+                gate, ref = self._gate(s, motion, cast(Keyframe, adm.keyframe).index if adm.admitted else None)
                 if gate in (GateRule.MOTION, GateRule.MOTION_AND_SCORE, GateRule.SCORE):
                     reason, is_target = "", True
                 elif not adm.admitted:
@@ -295,8 +290,6 @@ class RestorationPipeline:
             else:
                 reason = PassReason.NO_POSE if adm.reason == KeyframeReason.NO_POSE else PassReason.NOT_KEYFRAME
                 is_target = False
-            if adm.admitted:
-                self._remember_score(s, gate is GateRule.SCORE)
             if not adm.admitted and frame.pose is not None and cfg.partner_ring > 0:
                 self._ring.append(Keyframe(frame, s, -1, frame.image.nbytes))
             self._count("frames")
@@ -304,13 +297,15 @@ class RestorationPipeline:
             self._count("targets" if is_target else f"passed.{reason}")
         return FrameDecision(frame, s, adm.admitted, is_target, reason, ref, adm, t0, motion, gate)
 
-    def _gate(self, score: float, motion: float) -> tuple[GateRule, float]:
+    def _gate(self, score: float, motion: float, before_index: int | None) -> tuple[GateRule, float]:
         """The gate's rule for a frame of sharpness ``score`` and predicted blur ``motion`` (NaN: unknown),
-        and the reference sharpness (NaN without enough peers). Caller holds ``self._lock``."""
+        and the reference sharpness of the keyframes admitted before ``before_index`` (NaN without enough).
+        Caller holds ``self._lock``."""
         cfg = self.config
         ref = math.nan
-        if len(self._reference) >= cfg.gate_min_peers:
-            ref = float(np.quantile(np.asarray(self._reference), cfg.gate_quantile))
+        peers = self.buffer.recent_sharpness(cfg.gate_window, before_index=before_index)
+        if peers.size >= cfg.gate_min_peers:
+            ref = float(np.quantile(peers, cfg.gate_quantile))
         blurred_score = math.isfinite(ref) and score < cfg.blur_ratio * ref
         if math.isfinite(motion):
             # The camera's motion decides when it is clear-cut (an absolute
@@ -323,27 +318,6 @@ class RestorationPipeline:
         if math.isfinite(ref):
             return (GateRule.SCORE if blurred_score else GateRule.SHARP_SCORE), ref
         return GateRule.UNDECIDED, ref
-
-    def _remember_score(self, score: float, blurred_by_score: bool) -> None:
-        """Keep a keyframe's score for the gate's reference. Caller holds ``self._lock``.
-
-        Keyframes the score gate found blurred stay out of the reference: in
-        a pan every keyframe is blurred, and with them in the window the
-        reference sank until the pan's blurred frames passed as sharp. (With
-        the exposure known the camera's motion catches a pan whatever the
-        reference, and every keyframe counts.) A scene that really scores
-        lower (plainer walls) would then make every keyframe a target for
-        ever: after ``2 * gate_window`` of them in a row the recent ones
-        become the reference."""
-        if not blurred_by_score:
-            self._reference.append(score)
-            self._target_run.clear()
-            return
-        self._target_run.append(score)
-        if len(self._target_run) >= 2 * self.config.gate_window:
-            self._reference.clear()
-            self._reference.extend(list(self._target_run)[-self.config.gate_window:])
-            self._target_run.clear()
 
     def _motion_blur(self, frame: Frame) -> float:
         """Predicted motion blur (px) from the camera's velocity, NaN when unknown; attaches the

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BagError, ValueError, FileExistsError, SlamUnavailable) as exc:
         print(f"sirdiff-eval: {_cli_wording(str(exc))}", file=sys.stderr)
         return 2
-    print(f"sirdiff-eval: {result.frames} frames, {len(result.records)} keyframes, {len(result.targets)} targets; "
+    print(f"sirdiff-eval: {result.frames} frames, {len(result.keyframes)} keyframes, {len(result.targets)} targets; "
           f"report: {args.out / 'report.md'}")
     if result.partial:
         print(f"sirdiff-eval: PARTIAL report — {result.error}", file=sys.stderr)

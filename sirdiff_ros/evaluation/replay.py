@@ -220,7 +220,7 @@ class Replay:
         # Every frame's outputs, while it can be a partner (keyframe or recent frame).
         self._outputs[frame.stamp_ns] = {INPUT: (INPUT, frame.image)} | {
             name: (_image_key(out.image, frame.image, name), out.image) for name, out in outcomes.items()}
-        if decision.is_keyframe:
+        if decision.is_keyframe or decision.is_target:
             self._evaluate_keyframe(index, decision, outcomes)
         # Forget outputs of frames that can no longer be partners.
         alive = self.pipeline.partner_candidate_stamps()
@@ -253,6 +253,7 @@ class Replay:
             stamp_ns=stamp,
             index=index,
             is_target=decision.is_target,
+            is_keyframe=decision.is_keyframe,
             decision_reason=decision.reason,
             views=[v.stamp_ns for v in views],
             overlaps=[float(o) for o in overlaps],
@@ -270,7 +271,8 @@ class Replay:
         self.result.records.append(record)
         if decision.is_target:
             self._update_crops(record, frame, outcomes, sharp)
-        self._remember_for_mapping(index, frame, outputs)
+        if decision.is_keyframe:
+            self._remember_for_mapping(index, frame, outputs)
 
     # -- metrics -------------------------------------------------------------------
     def _stream_image(self, stream: str, stamp: int) -> tuple[str, np.ndarray]:

@@ -2,8 +2,9 @@
 
 A *stream* is one version of the camera images: ``input`` (as recorded) or
 one backend's output. Every evaluated keyframe has one metric dict per
-stream (:class:`KeyframeRecord`); :func:`aggregate` reduces them per stream,
-over all keyframes and over restoration targets only; :func:`write_report`
+stream (:class:`KeyframeRecord`; restoration targets between keyframes get
+one too); :func:`aggregate` reduces them per stream, over all keyframes and
+over restoration targets only; :func:`write_report`
 writes ``report.json``, ``report.md``, before/after crops and gain plots.
 
 Aggregation rules (also in docs/evaluation.md):
@@ -81,6 +82,7 @@ class KeyframeRecord:
     index: int  # position of the frame in the replayed stream
     is_target: bool
     decision_reason: str
+    is_keyframe: bool = True  # False: a restoration target between keyframes
     views: list[int] = field(default_factory=list)
     overlaps: list[float] = field(default_factory=list)
     streams: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -153,6 +155,10 @@ class EvaluationResult:
     def targets(self) -> list[KeyframeRecord]:
         return [r for r in self.records if r.is_target]
 
+    @property
+    def keyframes(self) -> list[KeyframeRecord]:
+        return [r for r in self.records if r.is_keyframe]
+
 
 # --------------------------------------------------------------------------
 # Aggregation
@@ -190,7 +196,7 @@ def aggregate(result: EvaluationResult) -> dict[str, dict[str, Any]]:
     targets = result.targets
     out: dict[str, dict[str, Any]] = {}
     for stream in result.streams:
-        agg = _mean_metrics(result.records, stream)
+        agg = _mean_metrics(result.keyframes, stream)
         agg["targets"] = _mean_metrics(targets, stream)
         if stream != INPUT:
             lat = result.latencies_ms.get(stream, [])
@@ -464,7 +470,7 @@ def write_report(result: EvaluationResult, out_dir: Path) -> dict[str, Any]:
         "topics": result.topics,
         "summary": {
             "frames": result.frames,
-            "keyframes": len(result.records),
+            "keyframes": len(result.keyframes),
             "targets": len(result.targets),
             "ground_truth": result.ground_truth,
             "min_inliers": result.min_inliers,
