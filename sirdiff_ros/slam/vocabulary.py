@@ -213,7 +213,12 @@ def build_vocabulary(descriptor_sets: Sequence[np.ndarray], k: int = 10, levels:
     if not sets:
         raise VocabularyError("no ORB descriptors: the images have no texture (or none were given)")
     image_of = np.concatenate([np.full(len(d), i) for i, d in enumerate(sets)])
-    bits = _bits(np.concatenate(sets))
+    packed = np.ascontiguousarray(np.concatenate(sets))
+    bits = _bits(packed)
+    # Each descriptor as one 32-byte value: equality and sorting compare bytes
+    # (memcmp), in the order of the bit rows (bits unpack most significant first),
+    # many times faster than np.unique(..., axis=0) over the bit rows.
+    keys = packed.view(np.dtype((np.void, DESCRIPTOR_BYTES))).reshape(-1)
     rng = np.random.default_rng(seed)
 
     parents, centres, leaf = [-1], [np.zeros(256, np.uint8)], [False]
@@ -222,16 +227,16 @@ def build_vocabulary(descriptor_sets: Sequence[np.ndarray], k: int = 10, levels:
     # Breadth first: every parent is written before its children.
     while queue:
         node, idx, depth = queue.popleft()
-        sub = bits[idx]
-        if len(np.unique(sub, axis=0)) <= 1 and node != 0:
-            leaf[node] = True
+        if node != 0 and bool(np.all(packed[idx] == packed[idx[0]])):
+            leaf[node] = True  # a single distinct descriptor
             members[node] = idx
             continue
         if len(idx) <= k:
-            groups_c, labels = np.unique(sub, axis=0, return_inverse=True)
+            distinct, labels = np.unique(keys[idx], return_inverse=True)
+            groups_c = _bits(distinct.view(np.uint8).reshape(-1, DESCRIPTOR_BYTES))
             labels = labels.reshape(-1)
         else:
-            groups_c, labels = _k_majority(sub, k, rng, iterations)
+            groups_c, labels = _k_majority(bits[idx], k, rng, iterations)
         for j, c in enumerate(groups_c):
             child_idx = idx[labels == j]
             if not len(child_idx):
