@@ -7,7 +7,8 @@
    clock), compared frame by frame, so background load hits both alike.
 2. End to end with the ``fusion`` backend, 4 views: targets' restore call and
    arrival-to-publication latency (from KeyframeSet), output rate, restored
-   targets per second.
+   targets per second, and the node's CPU time per thread. The stream has no
+   depth topic (a monocular camera): the fusion aligns by optical flow.
 
     .venv/bin/python bench/node.py [--seconds 10] [--rate 20]
 
@@ -79,6 +80,31 @@ def _stream(probe: Probe, msgs: list[tuple[Any, Any, Any]], seconds: float, rate
     return sent
 
 
+def _thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each live thread of process ``pid``, by thread id and name (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        # Python threads keep the process's name: the main thread (the executor) gets its own.
+        name = "main" if tid == str(pid) else stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[f"{tid} {name}"] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _cpu_by_thread_name(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds spent between two :func:`_thread_cpu_s` readings, summed over threads of one name."""
+    spent: dict[str, float] = {}
+    for key, t in after.items():
+        name = key.split(" ", 1)[1]
+        spent[name] = round(spent.get(name, 0.0) + t - before.get(key, 0.0), 2)
+    return dict(sorted(spent.items(), key=lambda kv: -kv[1]))
+
+
 def _latencies(probe: Probe, topic: str, sent: dict[int, float]) -> np.ndarray:
     return np.array([(r.t - sent[r.stamp_ns]) * 1e3 for r in probe.get(topic) if r.stamp_ns in sent])
 
@@ -140,10 +166,12 @@ def bench_fusion(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: float, 
         with Probe(INPUTS, out, depth=10) as probe:
             if not probe.wait_matched(30):
                 raise RuntimeError(proc.output())
+            cpu0 = _thread_cpu_s(proc.proc.pid)
             t0 = time.monotonic()
             sent = _stream(probe, msgs, seconds, rate, 0)
             wall = time.monotonic() - t0
             time.sleep(3.0)
+            node_cpu = _cpu_by_thread_name(cpu0, _thread_cpu_s(proc.proc.pid))
             e2e = _latencies(probe, "restored/image", sent)
             sets = [r.msg for r in probe.get("keyframe_set")]
             status = probe.get("status")[-1].msg
@@ -175,6 +203,9 @@ def bench_fusion(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: float, 
         "restore_call_ms_p90": round(float(np.percentile(call, 90)), 1) if call.size else None,
         "target_arrival_to_publish_ms_p50": round(float(np.percentile(target_e2e, 50)), 1) if call.size else None,
         "target_arrival_to_publish_ms_p90": round(float(np.percentile(target_e2e, 90)), 1) if call.size else None,
+        # Python threads other than main: the restore workers (and OpenCV's pool).
+        "node_cpu_s_per_s": round(sum(node_cpu.values()) / wall, 3),
+        "node_cpu_s_by_thread": node_cpu,
         "node_status": {"received": status.images_received, "published": status.images_published, "dropped": status.dropped_total},
     }
 
