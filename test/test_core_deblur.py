@@ -6,12 +6,16 @@ import numpy as np
 import pytest
 
 from sirdiff_ros.core.deblur import (
+    TV_WEIGHT,
     EXPOSURE_MOTION_KEY,
     ExposureMotion,
     MotionBlurOperator,
     deblur_image,
     deblurred_view,
     exposure_motion,
+    relative_noise,
+    richardson_lucy,
+    tv_weight_for,
 )
 from sirdiff_ros.core.frame import Frame
 from sirdiff_ros.core.geometry import Pose, _rotation_exp
@@ -87,6 +91,34 @@ def test_deblurring_a_real_photo_gains_and_a_sharp_one_is_left_alone(photo_frame
     still = Frame(f.image, f.stamp_ns, f.intrinsics, f.pose)
     still.extras[EXPOSURE_MOTION_KEY] = ExposureMotion(0.03, np.zeros(3), np.zeros(3))
     assert deblurred_view(still) is still
+
+
+def test_the_prior_follows_the_frames_noise_and_a_dark_noisy_frame_still_gains() -> None:
+    from sirdiff_ros.core.color import linear_to_srgb, srgb_to_linear
+
+    frames = list(photo_plane_sequence(skimage_data_dir() / "coffee.png", 5, 3, width=320, height=240,
+                                       exposure_s=0.02, fps=30.0, noise_std=0.0, shot_noise=0.0,
+                                       shake=ShakeConfig(blur_px_range=(4.0, 4.0))))
+    f = frames[-1]
+    op = MotionBlurOperator(exposure_motion([(g.stamp_ns, g.pose) for g in frames], 0.02, depth_m=2.0), f.intrinsics, 2.0)
+    rng = np.random.default_rng(0)
+    results = {}
+    for level in (1.0, 0.12):  # a bright scene and a dark one (an eighth of the light: 2.9x the relative shot noise)
+        sharp = srgb_to_linear(f.extras["sharp"]) * level
+        clean = op.blur(sharp)
+        noisy = np.clip(clean + rng.normal(size=clean.shape).astype(np.float32) * np.sqrt(2e-4 * clean + 1e-6), 0, 1)
+        # Of the channel mean: independent noise in three channels averages down by sqrt(3).
+        true_rel = float(np.sqrt(2e-4 * clean + 1e-6).mean() / np.sqrt(3) / clean.mean())
+        assert relative_noise(noisy) == pytest.approx(true_rel, rel=0.3)
+        truth, observed = linear_to_srgb(sharp), linear_to_srgb(noisy)
+        n = 9
+        fixed = _psnr(linear_to_srgb(np.clip(richardson_lucy(noisy, op, n, tv_weight=TV_WEIGHT), 0, 1)), truth)
+        adaptive = _psnr(linear_to_srgb(np.clip(richardson_lucy(noisy, op, n), 0, 1)), truth)
+        results[level] = (tv_weight_for(noisy), _psnr(observed, truth), fixed, adaptive)
+    (w_bright, *_), (w_dark, dark_in, dark_fixed, dark_adaptive) = results[1.0], results[0.12]
+    assert w_dark > 2 * w_bright
+    # On the dark frame the fixed weight lets noise through; the frame's own weight gains.
+    assert dark_adaptive > dark_fixed + 0.3 and dark_adaptive > dark_in + 0.5, results
 
 
 def test_deblurred_view_is_cached_and_idempotent(photo_frames) -> None:

@@ -111,6 +111,34 @@ def test_a_context_head_starts_as_the_identity_and_insists_on_its_context(tmp_pa
     assert PixelRefiner.from_pretrained(str(tmp_path / "head")).config.set_context is True
 
 
+def test_a_mean_gate_head_starts_halfway_to_the_sets_mean_and_learns_where_to_trust_it(tmp_path) -> None:
+    torch.manual_seed(5)
+    x, y, z = (torch.rand(2, 3, 16, 16) * 2 - 1 for _ in range(3))
+    ctx = view_set_context(torch.stack([y, z], dim=1))
+    head = PixelRefiner(channels=8, num_blocks=1, set_context=True, mean_gate=True)
+    torch.testing.assert_close(head(x, y, ctx), 0.5 * (x + (y + z) / 2), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="mean_gate .* needs set_context"):
+        PixelRefiner(channels=8, num_blocks=1, mean_gate=True)
+    head.save_pretrained(str(tmp_path / "gated"))
+    again = PixelRefiner.from_pretrained(str(tmp_path / "gated"))
+    assert again.config.mean_gate is True
+    torch.testing.assert_close(again(x, y, ctx), head(x, y, ctx), atol=0, rtol=0)
+    # Where the mean is the truth (noisy views, an unhelpful restoration), the gate opens towards it.
+    truth = torch.rand(8, 3, 16, 16) * 2 - 1
+    views = truth[:, None] + 0.3 * torch.randn(8, 4, 3, 16, 16)
+    restored = views[:, 0]
+    c = view_set_context(views)
+    opt = torch.optim.Adam(head.gate_out.parameters(), lr=0.05)
+    before = torch.nn.functional.mse_loss(head(restored, views[:, 0], c), truth).item()
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(head(restored, views[:, 0], c), truth).backward()
+        opt.step()
+    after = torch.nn.functional.mse_loss(head(restored, views[:, 0], c), truth).item()
+    mean_err = torch.nn.functional.mse_loss(c[:, :3], truth).item()
+    assert after < 0.8 * before and after < 1.2 * mean_err
+
+
 def test_the_pipeline_gives_each_output_view_its_own_sets_context() -> None:
     torch.manual_seed(3)
     head = PixelRefiner(channels=8, num_blocks=1, set_context=True)

@@ -469,6 +469,15 @@ def test_refine_head_lowers_the_frozen_pipelines_error_resumes_exactly_and_expor
     saved = load_file(str(tmp_path / "rctx_out" / "refiner" / "diffusion_pytorch_model.safetensors"))
     state = fine.accelerator.unwrap_model(fine.refiner).state_dict()
     assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k].cpu()) for k in saved)
+    # A head without the gate starts a gated one (--mean-gate): its weights, the gate at one half.
+    gated = RefinerTrainer(tmp_path / "gated", RefineConfig(base=str(base), cache=str(cache), channels=8, blocks=1, n_views=(1, 3),
+                                                            crop=(32, 32), set_context=True, restored_context=True, mean_gate=True,
+                                                            init_head=str(tmp_path / "rctx_out" / "refiner")),
+                           progress=False)
+    gstate = gated.accelerator.unwrap_model(gated.refiner).state_dict()
+    assert set(gstate) - set(saved) == {"gate_out.weight", "gate_out.bias"}
+    assert all(torch.equal(saved[k], gstate[k].cpu()) for k in saved)
+    assert not gstate["gate_out.weight"].any() and not gstate["gate_out.bias"].any()
     with pytest.raises(ValueError, match="architecture"):
         RefinerTrainer(tmp_path / "other", RefineConfig(base=str(base), cache=str(cache), channels=8, blocks=2, n_views=(1, 3), crop=(32, 32),
                                                         init_head=str(tmp_path / "rctx_out" / "refiner")),

@@ -31,6 +31,14 @@ With ``restored_context=True`` as well, the same summary of the set's
 *restored* views (the UNet's output for every view, all in the target's grid)
 follows: the partners' restorations carry detail the target's blur destroyed,
 and their mean averages the UNet's own per-view errors.
+
+With ``mean_gate=True`` (needs ``set_context``) the head starts from a per-pixel
+blend of the restoration and the mean of the set's degraded views, the blend
+weight a sigmoid of its features, and adds its correction to that. Measured
+on real-photo validation sets whose views were deblurred by their own motion:
+the mean of four views (33.14 dB) and the UNet+head (33.01 dB) err in
+different places, and their plain average scored 33.95 dB; a gate lets the
+head learn where each holds. The gate starts at one half.
 """
 
 from __future__ import annotations
@@ -87,22 +95,31 @@ class PixelRefiner(ModelMixin, ConfigMixin):
     convolutions (receptive field ``4 * num_blocks + 5`` px); ``set_context``:
     also take each view's set summary ``context`` (M, 4, H, W) from
     :func:`view_set_context`; ``restored_context`` (with ``set_context``): that
-    context also summarises the set's restored views, (M, 8, H, W).
+    context also summarises the set's restored views, (M, 8, H, W);
+    ``mean_gate`` (with ``set_context``): start from a learned per-pixel blend
+    of the restoration and the set's degraded mean (module docstring).
     """
 
     @register_to_config
     def __init__(self, channels: int = 32, num_blocks: int = 3, set_context: bool = False,
-                 restored_context: bool = False) -> None:
+                 restored_context: bool = False, mean_gate: bool = False) -> None:
         super().__init__()
         if channels < 1 or num_blocks < 0:
             raise ValueError(f"need channels >= 1 and num_blocks >= 0, got {channels} / {num_blocks}")
         if restored_context and not set_context:
             raise ValueError("restored_context extends the set context; it needs set_context=True")
+        if mean_gate and not set_context:
+            raise ValueError("mean_gate blends with the set's mean; it needs set_context=True")
         self.conv_in = nn.Conv2d(6 + self.context_channels, channels, 3, padding=1, padding_mode="reflect")
         self.res_blocks = nn.ModuleList(_ResBlock(channels) for _ in range(num_blocks))
         self.conv_out = nn.Conv2d(channels, 3, 3, padding=1, padding_mode="reflect")
         nn.init.zeros_(self.conv_out.weight)  # starts as the identity
         nn.init.zeros_(self.conv_out.bias)
+        # Blend weight towards the set's mean; zero weights: sigmoid(0) = one half everywhere.
+        self.gate_out = nn.Conv2d(channels, 1, 3, padding=1, padding_mode="reflect") if mean_gate else None
+        if self.gate_out is not None:
+            nn.init.zeros_(self.gate_out.weight)
+            nn.init.zeros_(self.gate_out.bias)
 
     @property
     def summarises_restored(self) -> bool:
@@ -134,4 +151,9 @@ class PixelRefiner(ModelMixin, ConfigMixin):
         h = self.conv_in(torch.cat(inputs, dim=1))  # (M, 6 + context, H, W) -> (M, C, H, W)
         for block in self.res_blocks:
             h = block(h)
-        return restored + self.conv_out(torch.nn.functional.silu(h))  # (M, C, H, W) -> (M, 3, H, W)
+        h = torch.nn.functional.silu(h)
+        base = restored
+        if self.gate_out is not None:
+            gate = torch.sigmoid(self.gate_out(h))  # (M, C, H, W) -> (M, 1, H, W)
+            base = restored + gate * (inputs[2][:, :3] - restored)  # towards the degraded views' mean
+        return base + self.conv_out(h)  # (M, C, H, W) -> (M, 3, H, W)

@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the head also sees the mean and spread of its view set's degraded views")
     f.add_argument("--restored-context", action="store_true",
                    help="with --set-context: the same summary of the set's restored views too")
+    f.add_argument("--mean-gate", action="store_true",
+                   help="start from a learned per-pixel blend of the restoration and its set's mean (implies --set-context)")
     f.add_argument("--init-head", help="a saved head folder to fine-tune (e.g. a checkpoint's refiner/)")
     _run_options(f, RefineConfig)
 
@@ -281,7 +283,7 @@ def _refine(args: argparse.Namespace) -> int:
     """Train or resume a refinement-head run."""
     from .refine import RefineConfig, RefinerTrainer
 
-    cfg = _run_config(RefineConfig, args, ("base", "cache"), set_context=args.set_context or args.restored_context)
+    cfg = _run_config(RefineConfig, args, ("base", "cache"), set_context=args.set_context or args.restored_context or args.mean_gate)
     refiner = RefinerTrainer(args.run, cfg)
     step = refiner.fit(stop_after=args.stop_after)
     print(f"reached step {step} of {refiner.config.max_steps}")

@@ -51,6 +51,7 @@ class RefineConfig:
     blocks: int = 3
     set_context: bool = False  # the head also sees its view set (PixelRefiner's set_context)
     restored_context: bool = False  # ... and the set's restored views (PixelRefiner's restored_context)
+    mean_gate: bool = False  # start from a learned blend with the set's mean (PixelRefiner's mean_gate)
     seed: int = 0
     save_every: int = 250
     log_every: int = 10
@@ -75,7 +76,7 @@ class RefineConfig:
     def build_head(self) -> PixelRefiner:
         """A fresh (identity) head of this run's architecture."""
         return PixelRefiner(channels=self.channels, num_blocks=self.blocks, set_context=self.set_context,
-                            restored_context=self.restored_context)
+                            restored_context=self.restored_context, mean_gate=self.mean_gate)
 
 
 def is_refine_run(run_dir: str | Path) -> bool:
@@ -117,10 +118,15 @@ class RefinerTrainer(RunTrainer):
         if cfg.init_head:
             # Fine-tuning: the saved head's weights, which must be of this run's architecture.
             saved = PixelRefiner.from_pretrained(cfg.init_head)
+            # A head without the mean gate may start a gated one: the gate keeps its initial half.
+            gate_only = cfg.mean_gate and not saved.config.get("mean_gate", False)
             try:
-                refiner.load_state_dict(saved.state_dict())
+                missing, unexpected = refiner.load_state_dict(saved.state_dict(), strict=not gate_only)
             except RuntimeError as exc:
                 raise ValueError(f"{cfg.init_head} is not a head of this run's architecture: {exc}") from exc
+            if unexpected or any(not k.startswith("gate_out.") for k in missing):
+                raise ValueError(f"{cfg.init_head} is not a head of this run's architecture: "
+                                 f"missing {missing}, unexpected {unexpected}")
         self.sampler = self._sampler(self.store, self.base.parametrization.task)
         self.refiner = self._prepare(refiner, refiner.parameters())
 
