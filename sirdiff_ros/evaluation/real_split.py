@@ -145,7 +145,7 @@ def evaluate_real_split(out_dir: str | Path, split: str = "val", sequences: int 
         "worse_db": WORSE_DB,
         "overall": _summaries(rows, streams),
         "buckets": {b: _summaries([r for r in rows if _bucket(r["blur_px"]) == b], streams)
-                    for b in sorted({_bucket(r["blur_px"]) for r in rows})},
+                    for b in dict.fromkeys(_bucket(r["blur_px"]) for r in sorted(rows, key=lambda r: r["blur_px"]))},
         "gate": _gate_summary(keyframes),
         "targets": rows,
         "keyframes": keyframes,
