@@ -211,19 +211,27 @@ class LifecycleClient:
         self._change: Any = probe.node.create_client(ChangeState, f"{node}/change_state")
         self._get: Any = probe.node.create_client(GetState, f"{node}/get_state")
 
-    def _call(self, client: Any, request: Any) -> Any:
+    def _call(self, client: Any, request: Any, resend_s: float | None = None) -> Any:
+        """The service's answer; an idempotent request (``resend_s`` given) is sent again after each
+        ``resend_s`` without one: a server that has not discovered the client's response reader yet
+        drops the response (seen right after a node started on a loaded host: no answer in 60 s)."""
         if not client.wait_for_service(self.timeout_s):
             raise TimeoutError(f"no service {client.srv_name}")
-        future = client.call_async(request)
-        if not self.probe.wait_for(future.done, self.timeout_s):
-            raise TimeoutError(f"no answer from {client.srv_name}")
-        return future.result()
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            future = client.call_async(request)
+            left = deadline - time.monotonic()
+            if self.probe.wait_for(future.done, left if resend_s is None else min(resend_s, left)):
+                return future.result()
+            client.remove_pending_request(future)
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no answer from {client.srv_name}")
 
     def state(self) -> str:
         """The current state's label: unconfigured, inactive, active, finalized."""
         from lifecycle_msgs.srv import GetState
 
-        return str(self._call(self._get, GetState.Request()).current_state.label)
+        return str(self._call(self._get, GetState.Request(), resend_s=2.0).current_state.label)
 
     def set(self, transition_id: int) -> bool:
         """Request a transition (``lifecycle_msgs/Transition.TRANSITION_*``); True if it succeeded."""
