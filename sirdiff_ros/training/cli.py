@@ -45,7 +45,7 @@ def _range(text: str) -> tuple[int, int]:
 
 def _run_options(p: argparse.ArgumentParser, config_cls: type) -> None:
     """The options train and refine runs share; a run's config is their one source of defaults."""
-    from .trainer import LR_SCHEDULES
+    from .config import LR_SCHEDULES
 
     p.add_argument("--steps", type=int, dest="max_steps", help="total steps to reach")
     p.add_argument("--batch-size", type=int)
@@ -146,8 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of the target choice")
     r.add_argument("--shard-size", type=int, default=64)
 
-    from .refine import RefineConfig
-    from .trainer import TrainConfig
+    from .config import RefineConfig, TrainConfig
 
     t = sub.add_parser("train", help="train or resume a run")
     t.add_argument("--run", required=True, help="run folder (resumed if it holds checkpoints)")

@@ -17,7 +17,7 @@ head attached.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,57 +26,11 @@ import torch.nn.functional as F
 
 from ..model.pipeline import SirDiffPipeline
 from ..model.refiner import PixelRefiner, view_set_context
+from .config import RUN_KIND, RefineConfig
 from .data import ShardStore
-from .trainer import LR_SCHEDULES, RunTrainer, read_run_config, run_checkpoints
+from .trainer import RunTrainer, run_checkpoints
 
 __all__ = ["RefineConfig", "RefinerTrainer", "export_refined_run", "is_refine_run"]
-
-RUN_KIND = "refiner"
-
-
-@dataclass
-class RefineConfig:
-    """Everything a refine run depends on (saved to ``run.json``)."""
-
-    base: str  # exported checkpoint folder whose UNet stays frozen
-    cache: str | list[str]
-    max_steps: int = 3000
-    batch_size: int = 4
-    crop: tuple[int, int] | None = (64, 64)
-    n_views: tuple[int, int] = (1, 4)
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    lr_schedule: str = "cosine"
-    channels: int = 32
-    blocks: int = 3
-    set_context: bool = False  # the head also sees its view set (PixelRefiner's set_context)
-    restored_context: bool = False  # ... and the set's restored views (PixelRefiner's restored_context)
-    mean_gate: bool = False  # start from a learned blend with the set's mean (PixelRefiner's mean_gate)
-    seed: int = 0
-    save_every: int = 250
-    log_every: int = 10
-    num_threads: int = 1
-    grad_clip: float = 1.0
-    soften_fraction: float = 0.0
-    soften_sigma: tuple[float, float] = (0.5, 3.0)
-    init_head: str | None = None  # a saved head (e.g. a shipped checkpoint's refiner/) to start from
-    kind: str = RUN_KIND
-    measured: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r} (expected one of {LR_SCHEDULES})")
-        if self.kind != RUN_KIND:
-            raise ValueError(f"not a refine run config (kind {self.kind!r})")
-
-    @classmethod
-    def from_json(cls, path: Path) -> "RefineConfig":
-        return read_run_config(cls, path)
-
-    def build_head(self) -> PixelRefiner:
-        """A fresh (identity) head of this run's architecture."""
-        return PixelRefiner(channels=self.channels, num_blocks=self.blocks, set_context=self.set_context,
-                            restored_context=self.restored_context, mean_gate=self.mean_gate)
 
 
 def is_refine_run(run_dir: str | Path) -> bool:

@@ -27,7 +27,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,79 +37,11 @@ import torch.nn.functional as F
 
 from ..model.encoders import SpaceToDepthEncoder
 from ..model.pipeline import Parametrization, SirDiffPipeline, make_scheduler
+from .config import TrainConfig, read_run_config
 from .data import BatchSampler, ShardStore
 
 __all__ = ["TrainConfig", "Trainer", "RunTrainer", "lr_factor", "measure_residual_scale", "run_checkpoints", "load_run_weights",
            "export_run", "read_run_config", "resolve_run_config", "resume_state", "save_state"]
-
-
-LR_SCHEDULES = ("constant", "cosine")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on (saved to ``run.json``)."""
-
-    cache: str | list[str]  # shard folder(s) (``sirdiff-train cache``), concatenated in order
-    preset: str = "small"
-    task: str = "deblur"
-    max_steps: int = 10000
-    batch_size: int = 4
-    crop: tuple[int, int] | None = None  # (h, w) random crop, None: full cached views
-    n_views: tuple[int, int] = (1, 4)
-    lr: float = 2e-4
-    warmup_steps: int = 200
-    # 'constant' after warmup, or 'cosine': decays to 0 at max_steps (a resume
-    # that moves max_steps moves the end of the decay with it).
-    lr_schedule: str = "constant"
-    weight_decay: float = 0.0
-    ema_decay: float = 0.999
-    prediction_type: str = "v_prediction"  # 'epsilon' (paper), 'v_prediction' (SD 2.1), 'sample'
-    snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None: plain MSE
-    # Share of sets whose timestep is drawn from [high_t_start * T, T) (the rest
-    # uniformly): few-step sampling starts there (0: uniform, as the paper).
-    high_t_fraction: float = 0.0
-    high_t_start: float = 0.7
-    # Rescaled betas with SNR 0 at t=999 (not for eps); see make_scheduler.
-    zero_terminal_snr: bool = True
-    residual: bool = True
-    encoder_factor: int = 4
-    seed: int = 0
-    save_every: int = 250
-    log_every: int = 10
-    num_threads: int = 1  # 1: under CPU contention 2 OpenMP threads ran ~25x slower (measured)
-    grad_clip: float = 1.0
-    mixed_precision: str = "no"  # accelerate: 'no', 'fp16', 'bf16'
-    # Another run whose newest EMA weights initialise this one (fine-tuning); the
-    # optimizer starts fresh. Used once, when the run has no checkpoint yet.
-    init_from: str | None = None
-    # Learning-rate multiplier for the cross-view paths (3D-convolution branches,
-    # their gates and blend weights). Their gates start at zero, so with Adam they
-    # move ~lr per step and the branches behind them see gradients scaled by the
-    # gate: at 3e-4 a gate of 0.1 took 1,000 steps to reach 0.12 (measured).
-    view_lr_scale: float = 1.0
-    # Share of sets seen on a Gaussian-softened scene (training.data.soften_set),
-    # sigma drawn uniformly from soften_sigma (px); 0: off.
-    soften_fraction: float = 0.0
-    soften_sigma: tuple[float, float] = (0.5, 3.0)
-    measured: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r} (expected one of {LR_SCHEDULES})")
-
-    @classmethod
-    def from_json(cls, path: Path) -> "TrainConfig":
-        return read_run_config(cls, path)
-
-
-def read_run_config(cls: type, path: Path) -> Any:
-    """A run's config dataclass ``cls`` from its ``run.json`` (JSON lists back to the tuples it holds)."""
-    d = json.loads(path.read_text())
-    for k in ("crop", "n_views", "soften_sigma"):
-        if d.get(k) is not None:
-            d[k] = tuple(d[k])
-    return cls(**d)
 
 
 def resolve_run_config(cls: type, run_dir: Path, config: Any | None) -> Any:
