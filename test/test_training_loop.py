@@ -482,3 +482,24 @@ def test_refine_head_lowers_the_frozen_pipelines_error_resumes_exactly_and_expor
         RefinerTrainer(tmp_path / "other", RefineConfig(base=str(base), cache=str(cache), channels=8, blocks=2, n_views=(1, 3), crop=(32, 32),
                                                         init_head=str(tmp_path / "rctx_out" / "refiner")),
                        progress=False)
+
+
+def test_cli_help_builds_without_torch() -> None:
+    """`sirdiff-train <command> --help` answers without importing torch or diffusers (the options' defaults
+    come from the torch-free run configurations), and shows those defaults."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib, io\n"
+        "from sirdiff_ros.training.cli import build_parser\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+        "    build_parser().parse_args(['train', '--help'])\n"
+        "print(out.getvalue())\n"
+        "print('heavy imported:', sorted(m for m in ('torch', 'diffusers', 'accelerate') if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "heavy imported: []" in res.stdout, res.stdout[-2000:]
+    assert f"(default: {TrainConfig.__dataclass_fields__['max_steps'].default})" in res.stdout
