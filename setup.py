@@ -41,7 +41,8 @@ setup(
     python_requires=">=3.10",
     include_package_data=True,
     package_data={PACKAGE: ["weights/*.safetensors", "weights/*.json", "weights/*.md", "weights/*/*.safetensors", "weights/*/*.json", "weights/*/*.md",
-                            "weights/*/refiner/*.safetensors", "weights/*/refiner/*.json"]},
+                            "weights/*/refiner/*.safetensors", "weights/*/refiner/*.json",
+                            "weights/*/refiner_deblurred/*.safetensors", "weights/*/refiner_deblurred/*.json"]},
     data_files=[
         (f"share/{PACKAGE}/launch", _data("launch", "*.launch.py")),
         (f"share/{PACKAGE}/config", _data("config", "*.yaml") + _data("config", "*.xml")),

@@ -54,5 +54,24 @@ def test_real_split_table_deblur_gains(real_images: Path, tmp_path: Path) -> Non
     assert data["overall"]["input"]["targets"] == report["overall"]["deblur"]["targets"] > 0
     assert data["overall"]["deblur"]["gain_db"] > 0.5
     assert "| deblur |" in (tmp_path / "report.md").read_text()
-    assert data["keyframes"] and all(k["gate"] for k in data["keyframes"])
+    assert data["gated_frames"] and all(k["gate"] for k in data["gated_frames"])
     assert sum(g["targets"] for g in data["gate"].values()) == data["overall"]["input"]["targets"]
+
+
+@pytest.mark.timeout(900)
+def test_shipped_weights_restore_real_photos_beyond_the_mean_of_their_views(real_images: Path, tmp_path: Path) -> None:
+    """On real photographs of the validation split, physically blurred by a hand-held camera's motion,
+    the shipped weights gain over the blurred input, beat the plain mean of the registered views they
+    are given, and make no target worse. Measured: 11 targets, input 28.78 dB, the mean 34.18, sirdiff
+    35.09 (+6.31); the same check with the previous head (no head for deblurred views) scored below the mean
+    on the whole split (docs/real_images.md)."""
+    from sirdiff_ros.evaluation.real_split import WORSE_DB, evaluate_real_split
+
+    report = evaluate_real_split(tmp_path, "val", sequences=3, frames=12, backends=("aligned-mean", "sirdiff"),
+                                 root=real_images, log=lambda _msg: None)
+    o = report["overall"]
+    assert o["input"]["targets"] >= 5, o["input"]
+    assert o["sirdiff"]["gain_db"] > 2.0, o
+    assert o["sirdiff"]["psnr"] > o["aligned-mean"]["psnr"], o
+    assert o["sirdiff"]["worse_than_input"] == 0, [t for t in report["targets"]
+                                                   if t["sirdiff"]["psnr"] < t["input"]["psnr"] - WORSE_DB]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sirdiff_ros.model.encoders import SpaceToDepthEncoder
-from sirdiff_ros.model.pipeline import REFINER_FOLDER, CheckpointError, Parametrization, SirDiffPipeline, make_scheduler
+from sirdiff_ros.model.pipeline import DEBLURRED_REFINER_FOLDER, REFINER_FOLDER, CheckpointError, Parametrization, SirDiffPipeline, make_scheduler
 from sirdiff_ros.model.presets import build_model
 from sirdiff_ros.model.refiner import PixelRefiner, view_set_context
 
@@ -52,6 +52,31 @@ def test_the_head_changes_the_output_and_round_trips_with_the_checkpoint(tmp_pat
     torch.testing.assert_close(run(loaded), b, atol=1e-6, rtol=0)
     # A checkpoint without a head still loads as before.
     assert SirDiffPipeline.from_checkpoint(plain.save_checkpoint(tmp_path / "plain")).refiner is None
+
+
+def test_a_head_for_deblurred_views_serves_only_calls_that_say_so_and_round_trips(tmp_path) -> None:
+    general = _trained_looking_head()
+    torch.manual_seed(2)
+    deblurred_head = PixelRefiner(channels=8, num_blocks=1)
+    torch.nn.init.normal_(deblurred_head.conv_out.weight, std=0.05)
+    both = _pipe(general)
+    both.deblurred_refiner = deblurred_head
+    only_general, only_deblurred = _pipe(general), _pipe(deblurred_head)
+    x = torch.rand(1, 2, 3, 32, 32) * 2 - 1
+
+    def run(p: SirDiffPipeline, deblurred: bool) -> torch.Tensor:
+        return p(x, num_inference_steps=1, generator=torch.Generator().manual_seed(0), deblurred=deblurred).images
+
+    torch.testing.assert_close(run(both, False), run(only_general, False), atol=0, rtol=0)
+    torch.testing.assert_close(run(both, True), run(only_deblurred, False), atol=0, rtol=0)
+    torch.testing.assert_close(run(only_general, True), run(only_general, False), atol=0, rtol=0)  # none: the general one
+    folder = both.save_checkpoint(tmp_path / "both", default_steps=1)
+    assert (folder / DEBLURRED_REFINER_FOLDER / "config.json").is_file()
+    loaded = SirDiffPipeline.from_checkpoint(folder)
+    torch.testing.assert_close(run(loaded, True), run(both, True), atol=1e-6, rtol=0)
+    torch.testing.assert_close(run(loaded, False), run(both, False), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="general head"):
+        _pipe(None).__class__(both.unet, both.scheduler, both.encoder, deblurred_refiner=deblurred_head)
 
 
 def test_a_corrupt_or_missing_head_is_refused(tmp_path) -> None:

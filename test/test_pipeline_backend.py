@@ -67,6 +67,31 @@ def test_joint_restoration_shapes_and_views_mix(checkpoint: str) -> None:
     np.testing.assert_array_equal(one.for_index(0).image, alone.for_index(0).image)
 
 
+def test_views_deblurred_by_their_motion_get_the_checkpoints_head_for_them(tmp_path) -> None:
+    from dataclasses import replace
+
+    from sirdiff_ros.model.refiner import PixelRefiner
+
+    torch.manual_seed(0)
+    heads = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        head = PixelRefiner(channels=8, num_blocks=1)
+        torch.nn.init.normal_(head.conv_out.weight, std=0.05)
+        heads.append(head)
+    unet = build_model("tiny", in_channels=48, cond_channels=48, out_channels=48)
+    pipe = SirDiffPipeline(unet, make_scheduler(), SpaceToDepthEncoder(4), Parametrization(residual_scale=0.2),
+                           refiner=heads[0], deblurred_refiner=heads[1])
+    backend = create_restorer("sirdiff", checkpoint=str(pipe.save_checkpoint(tmp_path / "two_heads", default_steps=1)))
+    views = frames(3, 32, 32)
+    blurred = backend.restore(RestoreRequest(views=views, targets=[0])).for_index(0)
+    # What the pipeline's deblurring step hands on (sirdiff_ros.core.deblur.deblurred_view).
+    deblurred_views = [replace(v, extras={"deblur_px": 6.0}) for v in views]
+    deblurred = backend.restore(RestoreRequest(views=deblurred_views, targets=[0])).for_index(0)
+    assert blurred.info["head"] == "general" and deblurred.info["head"] == "deblurred"
+    assert not np.array_equal(blurred.image, deblurred.image)  # same images in, another head
+
+
 def test_deterministic_for_a_seed(checkpoint: str) -> None:
     views = frames(2, 32, 32)
     a = create_restorer("sirdiff", checkpoint=checkpoint, seed=5).restore(RestoreRequest(views=views, targets=[1]))

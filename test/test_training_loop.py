@@ -469,6 +469,20 @@ def test_refine_head_lowers_the_frozen_pipelines_error_resumes_exactly_and_expor
     saved = load_file(str(tmp_path / "rctx_out" / "refiner" / "diffusion_pytorch_model.safetensors"))
     state = fine.accelerator.unwrap_model(fine.refiner).state_dict()
     assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k].cpu()) for k in saved)
+    # --deblurred-head-for: the run's head joins a checkpoint of the same UNet as its head for deblurred views.
+    assert train_main(["export", "--run", str(tmp_path / "rctx"), "--out", str(tmp_path / "two_heads"),
+                       "--deblurred-head-for", str(tmp_path / "rctx_out")]) == 0
+    two = SirDiffPipeline.from_checkpoint(tmp_path / "two_heads")
+    assert two.refiner is not None and two.deblurred_refiner is not None
+    assert json.loads((tmp_path / "two_heads" / "sirdiff_pipeline.json").read_text())["training"]["deblurred_refiner"]["step"] == 2
+    from sirdiff_ros.model.presets import build_model
+    from sirdiff_ros.training.refine import export_refined_run
+
+    other = SirDiffPipeline(build_model("tiny", in_channels=48, cond_channels=48, out_channels=48), two.scheduler,
+                            two.encoder, refiner=two.refiner)
+    with pytest.raises(ValueError, match="must hold the UNet"):
+        export_refined_run(tmp_path / "rctx", tmp_path / "mismatch",
+                           deblurred_head_for=other.save_checkpoint(tmp_path / "other_unet", default_steps=1))
     # A head without the gate starts a gated one (--mean-gate): its weights, the gate at one half.
     gated = RefinerTrainer(tmp_path / "gated", RefineConfig(base=str(base), cache=str(cache), channels=8, blocks=1, n_views=(1, 3),
                                                             crop=(32, 32), set_context=True, restored_context=True, mean_gate=True,

@@ -69,10 +69,11 @@ class _TargetImages:
         d = outcome.decision
         if d.is_target:
             self.images.setdefault(outcome.frame.stamp_ns, {})[backend] = outcome.image
-        if d.is_keyframe and outcome.frame.stamp_ns not in self.decisions:
+        # Every frame the gate made a target (keyframe or not), and every keyframe.
+        if (d.is_keyframe or d.is_target) and outcome.frame.stamp_ns not in self.decisions:
             ratio = d.sharpness / d.reference_sharpness if d.reference_sharpness > 0 else math.nan
             self.decisions[outcome.frame.stamp_ns] = {
-                "target": bool(d.is_target), "gate": str(d.gate), "reason": str(d.reason),
+                "target": bool(d.is_target), "keyframe": bool(d.is_keyframe), "gate": str(d.gate), "reason": str(d.reason),
                 "predicted_blur_px": float(d.predicted_blur_px), "sharpness_ratio": float(ratio)}
 
 
@@ -111,7 +112,7 @@ def evaluate_real_split(out_dir: str | Path, split: str = "val", sequences: int 
     streams = [INPUT, *backends]
     rows: list[dict[str, Any]] = []
     examples: list[dict[str, np.ndarray]] = []
-    keyframes: list[dict[str, Any]] = []
+    gated: list[dict[str, Any]] = []
     t_start = time.time()
     for path, seq in real_split_frames(split, sequences, frames, width, height, seed, root):
         exposure = float(seq[0].extras["exposure_s"])
@@ -123,7 +124,7 @@ def evaluate_real_split(out_dir: str | Path, split: str = "val", sequences: int 
         result: EvaluationResult = evaluate_frames(seq, cfg, sink=keep, source=str(path))
         images = keep.images
         for stamp, dec in sorted(keep.decisions.items()):
-            keyframes.append({"source": path.name, "stamp_ns": stamp, "blur_px": blur_by_stamp.get(stamp, math.nan), **dec})
+            gated.append({"source": path.name, "stamp_ns": stamp, "blur_px": blur_by_stamp.get(stamp, math.nan), **dec})
         for rec in result.targets:
             row: dict[str, Any] = {"source": path.name, "stamp_ns": rec.stamp_ns, "exposure_s": exposure,
                                    "blur_px": blur_by_stamp.get(rec.stamp_ns, math.nan)}
@@ -146,9 +147,9 @@ def evaluate_real_split(out_dir: str | Path, split: str = "val", sequences: int 
         "overall": _summaries(rows, streams),
         "buckets": {b: _summaries([r for r in rows if _bucket(r["blur_px"]) == b], streams)
                     for b in dict.fromkeys(_bucket(r["blur_px"]) for r in sorted(rows, key=lambda r: r["blur_px"]))},
-        "gate": _gate_summary(keyframes),
+        "gate": _gate_summary(gated),
         "targets": rows,
-        "keyframes": keyframes,
+        "gated_frames": gated,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "report.md").write_text(report_markdown(report))
@@ -157,13 +158,13 @@ def evaluate_real_split(out_dir: str | Path, split: str = "val", sequences: int 
     return report
 
 
-def _gate_summary(keyframes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per gate rule: keyframes, targets among them, and their true blur (median px)."""
+def _gate_summary(frames: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per gate rule: frames decided (keyframes and other targets), targets among them, and their true blur (median px)."""
     out: dict[str, Any] = {}
-    for rule in sorted({k["gate"] for k in keyframes}):
-        ks = [k for k in keyframes if k["gate"] == rule]
+    for rule in sorted({k["gate"] for k in frames}):
+        ks = [k for k in frames if k["gate"] == rule]
         blur = [k["blur_px"] for k in ks if np.isfinite(k["blur_px"])]
-        out[rule] = {"keyframes": len(ks), "targets": sum(k["target"] for k in ks),
+        out[rule] = {"frames": len(ks), "targets": sum(k["target"] for k in ks),
                      "true_blur_px_median": float(np.median(blur)) if blur else None}
     return out
 
@@ -188,10 +189,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     for b, v in report["buckets"].items():
         lines.append(f"| {b} | {v[INPUT]['targets']} | {f(v[INPUT]['psnr'])} | "
                      + " | ".join(f(v[s].get('gain_db')) for s in report["backends"]) + " |")
-    lines += ["", "Why keyframes were, or were not, targets (the gate's rule; per keyframe in report.json):", "",
-              "| rule | keyframes | targets | true blur, median px |", "|---|---|---|---|"]
+    lines += ["", "Why frames were, or were not, targets (the gate's rule over the keyframes and every target; per frame in report.json's gated_frames):", "",
+              "| rule | frames | targets | true blur, median px |", "|---|---|---|---|"]
     for rule, g in report.get("gate", {}).items():
-        lines.append(f"| {rule} | {g['keyframes']} | {g['targets']} | {f(g['true_blur_px_median'], 1)} |")
+        lines.append(f"| {rule} | {g['frames']} | {g['targets']} | {f(g['true_blur_px_median'], 1)} |")
     return "\n".join(lines) + "\n"
 
 

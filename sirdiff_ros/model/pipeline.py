@@ -48,6 +48,7 @@ from .refiner import PixelRefiner, view_set_context
 __all__ = [
     "PIPELINE_CONFIG_NAME",
     "REFINER_FOLDER",
+    "DEBLURRED_REFINER_FOLDER",
     "CheckpointError",
     "Parametrization",
     "SirDiffPipeline",
@@ -63,6 +64,7 @@ __all__ = [
 PIPELINE_CONFIG_NAME = "sirdiff_pipeline.json"
 # Subfolder of a checkpoint holding the optional PixelRefiner (save_pretrained layout).
 REFINER_FOLDER = "refiner"
+DEBLURRED_REFINER_FOLDER = "refiner_deblurred"
 
 
 class CheckpointError(RuntimeError):
@@ -209,14 +211,21 @@ class SirDiffPipeline(DiffusionPipeline):
     (B,N,C,h,w), timestep, condition (B,N,C,h,w)) -> ``.sample``);
     ``scheduler``: DDIM or DPM-Solver++ (:func:`make_scheduler`);
     ``encoder``: a :class:`LatentEncoder`; ``refiner``: an optional
-    :class:`~sirdiff_ros.model.refiner.PixelRefiner` applied to each decoded view.
+    :class:`~sirdiff_ros.model.refiner.PixelRefiner` applied to each decoded view;
+    ``deblurred_refiner``: an optional second head for view sets the caller
+    deblurred by their own camera motion (``__call__(deblurred=True)``): those
+    views are sharper and carry the deconvolution's own artefacts, a
+    different input than blurred views.
     """
 
     def __init__(self, unet: torch.nn.Module, scheduler: Any, encoder: LatentEncoder,
                  parametrization: Parametrization | None = None, view_registration: str = "none",
-                 refiner: torch.nn.Module | None = None) -> None:
+                 refiner: torch.nn.Module | None = None, deblurred_refiner: torch.nn.Module | None = None) -> None:
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder, refiner=refiner)
+        if deblurred_refiner is not None and refiner is None:
+            raise ValueError("a head for deblurred view sets needs the general head beside it")
+        self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder, refiner=refiner,
+                              deblurred_refiner=deblurred_refiner)
         self.parametrization = parametrization or Parametrization()
         # "none": views as captured; otherwise the name of the registration the
         # weights were trained with (sirdiff_ros.core.registration): callers must
@@ -231,6 +240,7 @@ class SirDiffPipeline(DiffusionPipeline):
         # ONNX Runtime runners of the UNet and the head (use_engine("onnx")); None: PyTorch.
         self._onnx_unet: Any = None
         self._onnx_refiner: Any = None
+        self._onnx_deblurred_refiner: Any = None
         self._onnx_unet_max_area: int | None = None  # larger UNet calls stay in PyTorch
 
     # ----------------------------------------------------------------- engine
@@ -248,7 +258,7 @@ class SirDiffPipeline(DiffusionPipeline):
         ``unet_max_area``: UNet calls on larger latent grids (h * w) stay in
         PyTorch, whose fused attention is the faster one there."""
         if engine == "torch":
-            self._onnx_unet = self._onnx_refiner = None
+            self._onnx_unet = self._onnx_refiner = self._onnx_deblurred_refiner = None
             self._onnx_unet_max_area = None
             return
         if engine != "onnx":
@@ -261,6 +271,8 @@ class SirDiffPipeline(DiffusionPipeline):
         self._onnx_unet_max_area = unet_max_area
         self._onnx_refiner = (None if self.refiner is None
                               else OnnxRunner(_RefinerCall(self.refiner), "refiner", threads, cache_dir))
+        self._onnx_deblurred_refiner = (None if self.deblurred_refiner is None
+                                        else OnnxRunner(_RefinerCall(self.deblurred_refiner), "refiner", threads, cache_dir))
 
     def _unet_sample(self, latents: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         area = latents.shape[-2] * latents.shape[-1]
@@ -268,11 +280,17 @@ class SirDiffPipeline(DiffusionPipeline):
             return self._onnx_unet(latents, timestep, cond).to(latents.dtype)
         return self.unet(latents, timestep, cond).sample
 
-    def _refiner_out(self, restored: torch.Tensor, degraded: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        if self._onnx_refiner is not None:
+    def head(self, deblurred: bool = False) -> torch.nn.Module | None:
+        """The refinement head for a call: the deblurred views' head where asked for and present."""
+        return self.deblurred_refiner if deblurred and self.deblurred_refiner is not None else self.refiner
+
+    def _refiner_out(self, head: torch.nn.Module, restored: torch.Tensor, degraded: torch.Tensor,
+                     context: torch.Tensor | None) -> torch.Tensor:
+        runner = self._onnx_deblurred_refiner if head is self.deblurred_refiner else self._onnx_refiner
+        if runner is not None:
             args = (restored, degraded) if context is None else (restored, degraded, context)
-            return self._onnx_refiner(*args).to(restored.dtype)
-        return self.refiner(restored, degraded, context)
+            return runner(*args).to(restored.dtype)
+        return head(restored, degraded, context)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -324,15 +342,20 @@ class SirDiffPipeline(DiffusionPipeline):
             encoder = SpaceToDepthEncoder(factor)
         scheduler = _scheduler_from_config(pcfg["scheduler"]) if "scheduler" in pcfg else make_scheduler()
         par = Parametrization(**pcfg.get("parametrization", {}))
-        refiner = None
-        if pcfg.get("refiner"):
-            sub = folder / str(pcfg["refiner"])
-            try:
-                refiner = PixelRefiner.from_pretrained(str(sub), torch_dtype=dtype)
-            except Exception as exc:  # a missing or corrupt refiner must not pass silently
-                raise CheckpointError(f"cannot load the refiner named in {cfg_path} from {sub}: {exc}") from exc
-        pipe = cls(unet=unet, scheduler=scheduler, encoder=encoder, parametrization=par,
-                   view_registration=str(pcfg.get("view_registration", "none")), refiner=refiner)
+        heads: dict[str, PixelRefiner | None] = {}
+        for key in ("refiner", "deblurred_refiner"):
+            heads[key] = None
+            if pcfg.get(key):
+                sub = folder / str(pcfg[key])
+                try:
+                    heads[key] = PixelRefiner.from_pretrained(str(sub), torch_dtype=dtype)
+                except Exception as exc:  # a missing or corrupt refiner must not pass silently
+                    raise CheckpointError(f"cannot load the {key} named in {cfg_path} from {sub}: {exc}") from exc
+        try:
+            pipe = cls(unet=unet, scheduler=scheduler, encoder=encoder, parametrization=par,
+                       view_registration=str(pcfg.get("view_registration", "none")), **heads)
+        except ValueError as exc:
+            raise CheckpointError(f"{cfg_path}: {exc}") from exc
         pipe.default_steps = int(pcfg.get("default_steps", 4))
         pipe.encoder.to(device, dtype)  # the UNet already has its dtype (from_pretrained's torch_dtype)
         return pipe.to(device)
@@ -352,6 +375,9 @@ class SirDiffPipeline(DiffusionPipeline):
         if self.refiner is not None:
             self.refiner.save_pretrained(str(folder / REFINER_FOLDER), safe_serialization=True)
             cfg["refiner"] = REFINER_FOLDER
+        if self.deblurred_refiner is not None:
+            self.deblurred_refiner.save_pretrained(str(folder / DEBLURRED_REFINER_FOLDER), safe_serialization=True)
+            cfg["deblurred_refiner"] = DEBLURRED_REFINER_FOLDER
         if extra:
             cfg["training"] = extra
         (folder / PIPELINE_CONFIG_NAME).write_text(json.dumps(cfg, indent=2, default=str))
@@ -423,16 +449,18 @@ class SirDiffPipeline(DiffusionPipeline):
         return (acc / wsum).to(latents.dtype)
 
     def refine(self, images: torch.Tensor, views: torch.Tensor, keep: Sequence[int],
-               restored_sets: torch.Tensor | None = None) -> torch.Tensor:
-        """Apply the refiner to decoded views (B*K, 3, H, W) of ``views`` (B, N, 3, H, W)
-        at positions ``keep``, one view at a time (bounded memory at any image size).
+               restored_sets: torch.Tensor | None = None, deblurred: bool = False) -> torch.Tensor:
+        """Apply the refiner (:meth:`head` of ``deblurred``) to decoded views (B*K, 3, H, W)
+        of ``views`` (B, N, 3, H, W) at positions ``keep``, one view at a time (bounded
+        memory at any image size).
 
         ``restored_sets`` (B, N, 3, H, W): every view decoded, for a head with
         ``restored_context``."""
+        head = self.head(deblurred)
         b, n, _, hh, ww = views.shape
-        k, device, rdt = len(keep), images.device, self.refiner.dtype
+        k, device, rdt = len(keep), images.device, head.dtype
         degraded = views[:, keep].reshape(b * k, 3, hh, ww)
-        wants_restored = self.refiner.summarises_restored
+        wants_restored = head.summarises_restored
         if wants_restored and (restored_sets is None or restored_sets.shape != views.shape):
             got = None if restored_sets is None else tuple(restored_sets.shape)
             raise ValueError(f"this head also summarises the restored views; need them as {tuple(views.shape)}, "
@@ -441,12 +469,12 @@ class SirDiffPipeline(DiffusionPipeline):
         for s in range(b):
             # The set's summary (mean and spread of its degraded, and restored, views), shared by its K outputs.
             context = None
-            if self.refiner.config.set_context:
+            if head.config.set_context:
                 rs = restored_sets[s : s + 1].to(device, rdt) if wants_restored else None
                 context = view_set_context(views[s : s + 1].to(device, rdt), rs)
             for i in range(s * k, (s + 1) * k):
-                out.append(self._refiner_out(images[i : i + 1].to(rdt), degraded[i : i + 1].to(device, rdt),
-                                        context).float().clamp(-1, 1))
+                out.append(self._refiner_out(head, images[i : i + 1].to(rdt), degraded[i : i + 1].to(device, rdt),
+                                             context).float().clamp(-1, 1))
         return torch.cat(out)
 
     @torch.no_grad()
@@ -461,6 +489,7 @@ class SirDiffPipeline(DiffusionPipeline):
         output_type: str = "pt",
         show_progress: bool = False,
         output_views: Sequence[int] | None = None,
+        deblurred: bool = False,
     ) -> SirDiffPipelineOutput:
         """Restore ``views`` (B, N, 3, H, W) in [-1, 1].
 
@@ -468,6 +497,8 @@ class SirDiffPipeline(DiffusionPipeline):
         ``memory_budget_mb`` chooses tiles and set chunks automatically.
         ``output_views``: positions within each set to decode and return
         (B, K, ...) (default: all N); every view still informs the others.
+        ``deblurred``: the views were deblurred by their own camera motion
+        (the refinement uses :meth:`head` of it).
         """
         steps = int(num_inference_steps or self.default_steps)
         # 1. Check inputs.
@@ -513,8 +544,9 @@ class SirDiffPipeline(DiffusionPipeline):
         # 5. Decode the views asked for: (B, K, C, h, w) -> (B*K, C, h, w) -> (B*K, 3, H, W);
         # every view when the head summarises the restored set: (B, N, 3, H, W).
         restored_sets = None
+        head = self.head(deblurred)
         with stage("decode"):
-            if self.refiner is not None and self.refiner.summarises_restored:
+            if head is not None and head.summarises_restored:
                 restored_sets = self.encoder.decode(z.reshape(b * n, -1, h, w)).float().clamp(-1, 1)
                 restored_sets = restored_sets.reshape(b, n, 3, hh, ww)
                 images = restored_sets[:, keep].reshape(b * k, 3, hh, ww)
@@ -522,9 +554,9 @@ class SirDiffPipeline(DiffusionPipeline):
                 images = self.encoder.decode(z[:, keep].reshape(b * k, -1, h, w)).float().clamp(-1, 1)
 
         # 6. Refine at full resolution, one view at a time (bounded memory at any image size).
-        if self.refiner is not None:
+        if head is not None:
             with stage("refine"):
-                images = self.refine(images, views, keep, restored_sets)
+                images = self.refine(images, views, keep, restored_sets, deblurred)
         images = images.reshape(b, k, 3, hh, ww)
         result = tensor_to_images(images) if output_type == "np" else images
         return SirDiffPipelineOutput(images=result, tiles=len(windows), chunks=math.ceil(b / sets))

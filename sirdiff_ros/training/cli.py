@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--raw", action="store_true", help="export the raw weights, not the EMA (train runs)")
     e.add_argument("--default-steps", type=int, default=None,
                    help="sampling steps the backend uses by default (train runs: 4; refine runs: the base's)")
+    e.add_argument("--deblurred-head-for", metavar="CHECKPOINT",
+                   help="refine runs: write CHECKPOINT (the same UNet as the run's base, with its own head) with the "
+                        "run's head added as its head for view sets deblurred by their own motion")
     return p
 
 
@@ -295,7 +298,10 @@ def _export(args: argparse.Namespace) -> int:
     from .trainer import export_run
 
     if is_refine_run(args.run):
-        out = export_refined_run(args.run, args.out, default_steps=args.default_steps)
+        out = export_refined_run(args.run, args.out, default_steps=args.default_steps,
+                                 deblurred_head_for=args.deblurred_head_for)
+    elif args.deblurred_head_for:
+        raise _UsageError("--deblurred-head-for exports the head of a refine run")
     else:
         out = export_run(args.run, args.out, use_ema=not args.raw, fp16=args.fp16,
                          default_steps=4 if args.default_steps is None else args.default_steps)

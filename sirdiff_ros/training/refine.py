@@ -108,8 +108,14 @@ class RefinerTrainer(RunTrainer):
         return loss, {"base_loss": base_loss}
 
 
-def export_refined_run(run_dir: str | Path, out: str | Path, default_steps: int | None = None) -> Path:
-    """Write the run's base checkpoint with the newest head attached (reads no training data)."""
+def export_refined_run(run_dir: str | Path, out: str | Path, default_steps: int | None = None,
+                       deblurred_head_for: str | Path | None = None) -> Path:
+    """Write the run's base checkpoint with the newest head attached (reads no training data).
+
+    ``deblurred_head_for``: instead, that checkpoint (the same UNet as the
+    run's base, with its own head) with the run's head as its head for view
+    sets deblurred by their own motion (``deblurred_refiner``).
+    """
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
@@ -117,12 +123,23 @@ def export_refined_run(run_dir: str | Path, out: str | Path, default_steps: int 
     cps = run_checkpoints(run_dir)
     if not cps:
         raise FileNotFoundError(f"no checkpoints in {run_dir / 'checkpoints'}")
-    pipe = _load_base(cfg.base)
     refiner = cfg.build_head()
     refiner.load_state_dict(load_file(str(cps[-1] / "model.safetensors")))
-    pipe.refiner = refiner.eval()
     step = int(json.loads((cps[-1] / "step.json").read_text())["step"])
-    base_cfg = json.loads((Path(cfg.base) / "sirdiff_pipeline.json").read_text())
+    record = {"run": str(run_dir), "step": step, "config": asdict(cfg)}
+    if deblurred_head_for is None:
+        pipe = _load_base(cfg.base)
+        pipe.refiner = refiner.eval()
+        source, key = Path(cfg.base), "refiner"
+    else:
+        source, key = Path(deblurred_head_for), "deblurred_refiner"
+        pipe = SirDiffPipeline.from_checkpoint(source)
+        base = _load_base(cfg.base)
+        same = all(torch.equal(a, b) for a, b in zip(base.unet.state_dict().values(), pipe.unet.state_dict().values()))
+        if pipe.refiner is None or not same or base.unet.state_dict().keys() != pipe.unet.state_dict().keys():
+            raise ValueError(f"{source} must hold the UNet of {cfg.base} (the run's base) and a head of its own")
+        pipe.deblurred_refiner = refiner.eval()
+    base_cfg = json.loads((source / "sirdiff_pipeline.json").read_text())
     steps = default_steps if default_steps is not None else int(cfg.measured.get("base_steps", pipe.default_steps))
-    info = {**base_cfg.get("training", {}), "refiner": {"run": str(run_dir), "step": step, "config": asdict(cfg)}}
+    info = {**base_cfg.get("training", {}), key: record}
     return pipe.save_checkpoint(out, default_steps=steps, extra=info)

@@ -179,9 +179,11 @@ class SirDiffRestorer:
             img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
         return img
 
-    def _run(self, sets: list[list[np.ndarray]], output_views: list[int] | None = None) -> tuple[np.ndarray, int]:
+    def _run(self, sets: list[list[np.ndarray]], output_views: list[int] | None = None,
+             deblurred: bool = False) -> tuple[np.ndarray, int]:
         """Restore B sets of N same-size RGB uint8 views -> ((B, K, H, W, 3) uint8, tiles per step),
-        K the ``output_views`` positions (default: all N)."""
+        K the ``output_views`` positions (default: all N); ``deblurred``: the views were
+        deblurred by their own motion (the checkpoint's head for those, where it has one)."""
         import torch
 
         from ...model.pipeline import images_to_tensor
@@ -202,7 +204,7 @@ class SirDiffRestorer:
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         with self._lock:
             out = self.pipe(x, num_inference_steps=self.steps, generator=gen, memory_budget_mb=self.memory_budget_mb,
-                            tile_size=tile, output_type="np", output_views=output_views)
+                            tile_size=tile, output_type="np", output_views=output_views, deblurred=deblurred)
         return out.images[:, :, :h, :w], out.tiles
 
     def _calls(self, request: RestoreRequest, views: list[np.ndarray]) -> list[tuple[list[np.ndarray], dict[int, int]]]:
@@ -247,13 +249,16 @@ class SirDiffRestorer:
         for call in self._calls(request, views):
             groups.setdefault(len(call[0]), []).append(call)
         out_by_index: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
+        # Views the pipeline deblurred by their own motion carry how far (sirdiff_ros.core.deblur).
+        deblurred = any("deblur_px" in f.extras for f in request.views)
         try:
             for n_views, group in groups.items():
                 # Only the positions some call returns are decoded (and refined).
                 wanted = sorted({pos for _, where in group for pos in where.values()})
-                restored, tiles = self._run([g[0] for g in group], wanted)  # (B, K, H, W, 3)
+                restored, tiles = self._run([g[0] for g in group], wanted, deblurred)  # (B, K, H, W, 3)
                 info = {"steps": self.steps, "views": n_views, "tiles": tiles,
-                        "registration": self.pipe.view_registration}
+                        "registration": self.pipe.view_registration,
+                        "head": "deblurred" if deblurred and self.pipe.deblurred_refiner is not None else "general"}
                 for (_, where), res in zip(group, restored):
                     for index, pos in where.items():
                         out_by_index[index] = (res[wanted.index(pos)], info)
