@@ -94,11 +94,25 @@ def summary_markdown(results: dict[str, Any]) -> str:
                 if not m:
                     continue
                 goal = "" if stream in ("input", "sharp renders") else _verdict(inp, m)
+                # With several ORB-SLAM3 runs: the median run's count, then every run's.
+                runs = m.get("runs")
+                lost = f"{m['lost_frames']}" + (f" ({', '.join(str(r['lost_frames']) for r in runs)})" if runs else "")
                 lines.append(
-                    f"| {name} | {mode} | {stream} | {_fmt(m['tracked_fraction'], 100)} | {m['lost_frames']} | "
+                    f"| {name} | {mode} | {stream} | {_fmt(m['tracked_fraction'], 100)} | {lost} | "
                     f"{m['not_initialized_frames']} | {m['first_tracked_frame'] if m['first_tracked_frame'] is not None else '–'} | "
                     f"{m['map_resets']} | {_fmt(m['ate_rmse_m'], 100, 2)} | {_fmt(m['rpe_rmse_m'], 100, 2)} | {goal} |"
                 )
+    # Totals over the sequences with a burst (every row but the sharp renders), median runs.
+    lines += ["", "| mode | stream | lost frames, all sequences | sequences with the goal met |", "|---|---|---|---|"]
+    for mode in MODES:
+        streams = sorted({s for res in results.values() for s in res["streams"] if s != "passthrough"},
+                         key=lambda s: (s != "input", s))
+        for stream in streams:
+            rows = [(res["streams"][stream].get(mode), res["streams"]["input"].get(mode, {}))
+                    for res in results.values() if stream in res["streams"]]
+            rows = [(m, inp) for m, inp in rows if m]
+            met = "" if stream == "input" else f"{sum(_verdict(inp, m) == 'yes' for m, inp in rows)} / {len(rows)}"
+            lines.append(f"| {mode} | {stream} | {sum(m['lost_frames'] for m, _ in rows)} | {met} |")
     return "\n".join(lines) + "\n"
 
 

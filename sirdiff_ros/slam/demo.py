@@ -70,10 +70,25 @@ def _states_count(path: Path) -> int:
     return max(0, len(path.read_text().splitlines()) - 1) if path.is_file() else 0
 
 
-def _play(bag: Path, topics: list[str], rate: float, nodes: list[NodeProcess], settle_s: float) -> dict[str, int]:
-    from ..ros.bag_tools import play_bag
+def _play(bag: Path, topics: list[str], rate: float, nodes: list[NodeProcess], settle_s: float,
+          drain_s: float = 0.0) -> dict[str, int]:
+    """Play ``topics`` of ``bag``; with ``drain_s`` > 0 (the loop), wait up to that long for the restore
+    node to publish every image played (it restores slower than real time on a few cores), so that
+    ORB-SLAM3 sees the whole restored stream; then ``settle_s`` for ORB-SLAM3's last frames."""
+    from sensor_msgs.msg import CameraInfo
 
-    played = play_bag(bag, rate, topics, wait_subscribers_s=60.0)
+    from ..ros.bag_tools import play_bag
+    from ..ros.probe import Probe
+
+    probe = Probe({}, {RESTORED["camera_info"]: CameraInfo}, name="demo_slam_probe") if drain_s > 0 else None
+    try:
+        played = play_bag(bag, rate, topics, wait_subscribers_s=60.0)
+        if probe is not None:
+            images = played.published.get(CAMERA["image"], 0)
+            probe.wait_for(lambda: len(probe.get(RESTORED["camera_info"])) >= images, drain_s)
+    finally:
+        if probe is not None:
+            probe.close()
     time.sleep(settle_s)  # the last frames through the restore node and ORB-SLAM3
     for n in nodes:
         n.interrupt(30.0)
@@ -145,7 +160,7 @@ def run_demo_slam(out: Path, frames: int, seed: int, mode: str, backend: str, ra
     slam = _slam_node(out, "restored", {"image": RESTORED["image"], "camera_info": RESTORED["camera_info"],
                                         "depth": CAMERA["depth"], "pose": SLAM_POSE}, mode, str(voc.path), fps)
     _wait_log(slam, "ORB-SLAM3 " + mode, 120.0)
-    report["played"]["restored"] = _play(bag, restored_topics, rate, [restore, slam], settle)
+    report["played"]["restored"] = _play(bag, restored_topics, rate, [restore, slam], settle, drain_s=30.0 + 5.0 * frames)
     report["restored"] = _run(out, out / "restored_states.csv", truth, mode)
     report["restore_node_pose_sources"] = _pose_sources(restore.output())
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
