@@ -450,3 +450,39 @@ def test_while_slam_is_lost_the_fallback_pose_source_keeps_frames_posed(tmp_path
     for f in restored_lost:  # each target's pose continues SLAM's trajectory, in its frame and scale
         p = sets[f.stamp_ns].views[0].pose.position
         np.testing.assert_allclose([p.x, p.y, p.z], in_slam_world(f.pose).translation, atol=1e-3)
+
+
+def test_an_image_waits_for_its_depth_image_that_arrives_after_it(tmp_path: Path, small_frames: list[Any]) -> None:
+    """Depth comes on its own subscription and can arrive after its colour image and camera_info
+    have paired: the image waits for it (up to pose_wait_s) instead of going without, and
+    /diagnostics counts images admitted with and without depth."""
+    from sirdiff_ros.core.image_codec import encode_image
+
+    node, _ = start_node(tmp_path, depth_topic="depth", pose_wait_s=1.0)
+    frames = small_frames[:12]
+    assert all(f.depth is not None for f in frames)
+    try:
+        with Probe({**INPUTS, "depth": Image}, OUTPUTS) as probe:
+            assert probe.wait_matched(), node.output()
+            for f in frames:
+                img, info, pose = frame_messages(f)
+                depth = Image(header=img.header, height=f.depth.shape[0], width=f.depth.shape[1], encoding="32FC1")
+                depth.step, depth.data = encode_image(f.depth.astype(np.float32), "32FC1")
+                probe.publish("pose", pose)
+                probe.publish("camera_info", info)
+                probe.publish("image", img)
+                time.sleep(0.1)  # the depth image follows its colour image
+                probe.publish("depth", depth)
+            # One image without any depth image: it goes without, after its wait.
+            img, info, pose = frame_messages(small_frames[12])
+            probe.publish("pose", pose)
+            probe.publish("camera_info", info)
+            probe.publish("image", img)
+            n = len(frames) + 1
+            assert probe.wait_for(lambda: settled(probe, n), 30), node.output()
+            _, _, values = wait_diag(probe, lambda lv, msg, v: v.get("depth.missing") == "1")
+            out = probe.get("restored/image")
+    finally:
+        node.close()
+    assert len(out) == n
+    assert values.get("depth.attached") == str(len(frames)) and values.get("depth.missing") == "1", values

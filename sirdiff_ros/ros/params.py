@@ -68,7 +68,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("sync_slop_s", 0.01, "Largest stamp difference of a paired image and camera_info (or depth), seconds.", min=0.0, max=1.0, group="inputs"),
     ParamSpec("sync_timeout_s", 0.5, "An image without camera_info after this long is dropped (no_camera_info), seconds.", min=0.01, max=60.0, group="inputs"),
     ParamSpec("pose_history_size", 400, "Poses kept for interpolation at image stamps.", min=2, max=100000, group="inputs"),
-    ParamSpec("pose_wait_s", 0.1, "How long an image waits for a pose at or after its stamp before extrapolating, seconds.", min=0.0, max=10.0, group="inputs"),
+    ParamSpec("pose_wait_s", 0.1, "How long an image waits for a pose at or after its stamp before extrapolating (and, with depth_topic, for its depth image before going without), seconds.", min=0.0, max=10.0, group="inputs"),
     ParamSpec("pose_extrapolation_s", 0.05, "Largest extrapolation past the pose history, seconds; beyond it the image has no pose.", min=0.0, max=10.0, group="inputs"),
     ParamSpec("qos_depth", 10, "History depth of input subscriptions.", min=1, max=1000, group="inputs"),
     ParamSpec("qos_reliability", "best_effort", "Reliability of the image/depth subscriptions (best_effort = sensor-data QoS; accepts both kinds of publishers).", choices=("best_effort", "reliable"), group="inputs"),

@@ -411,6 +411,7 @@ class RestoreNode(LifecycleNode):
         with self._lock:
             self._on_time_line("depth", stamp)  # depth pairs by stamp: late ones of the previous line do no harm
             self._depths.append((stamp, depth))
+            self._release_awaiting_pose(time.monotonic())
 
     def _on_pose(self, msg: Any) -> None:
         wf = self.cfg["world_frame"]
@@ -539,20 +540,31 @@ class RestoreNode(LifecycleNode):
             )
         info.header = src.msg.header  # the output pair shares the image's header
         src.info = info
-        if self._depths:
-            stamps = [s for s, _ in self._depths]
-            j = nearest_within(stamps, src.stamp_ns, int(self.cfg["sync_slop_s"] * 1e9))
-            if j is not None and self._depths[j][1].shape == (h, w):
-                src.depth = self._depths[j][1]
         self._awaiting_pose.append(src)
         self._release_awaiting_pose(time.monotonic())
 
+    def _depth_for(self, src: _Input) -> Any:
+        """The depth image paired with ``src`` by stamp (within ``sync_slop_s``, same size), or None."""
+        if not self._depths:
+            return None
+        stamps = [s for s, _ in self._depths]
+        j = nearest_within(stamps, src.stamp_ns, int(self.cfg["sync_slop_s"] * 1e9))
+        if j is None or self._depths[j][1].shape != src.image.shape[:2]:
+            return None
+        return self._depths[j][1]
+
     def _release_awaiting_pose(self, now: float, final: bool = False) -> None:
-        """Admit images, in order, once their pose is known or their wait is over."""
+        """Admit images, in order, once their pose (and depth image, with ``depth_topic``) is
+        known or their wait is over."""
         wait = self.cfg["pose_wait_s"]
         while self._awaiting_pose:
             src = self._awaiting_pose[0]
             last_chance = final or now - src.arrival >= wait or len(self._awaiting_pose) > self.cfg["max_pending_output"]
+            if self.cfg["depth_topic"] and src.depth is None:
+                # Depth comes on its own subscription: it may be on its way while the image waits.
+                src.depth = self._depth_for(src)
+                if src.depth is None and not last_chance:
+                    return
             found = self._poses.lookup(src.stamp_ns, final=last_chance)
             if found is PoseLookup.PENDING:
                 return
@@ -564,6 +576,8 @@ class RestoreNode(LifecycleNode):
                 pose = bridged_pose(self._poses, self._fallback_poses, src.stamp_ns)
                 source = "fallback"
             self.stats.on_pose_source(source if pose is not None else "none")
+            if self.cfg["depth_topic"]:
+                self.stats.on_depth(src.depth is not None)
             self._admit(src, pose)
 
     def _admit(self, src: _Input, pose: Any) -> None:
@@ -742,6 +756,7 @@ class RestoreNode(LifecycleNode):
             "last_error": snap.last_error,
         }
         kv.update({f"pose_source.{k}": str(v) for k, v in snap.pose_sources.items()})
+        kv.update({f"depth.{k}": str(v) for k, v in snap.depth_images.items()})
         kv.update({f"dropped.{k}": str(v) for k, v in snap.dropped.items()})
         kv.update({f"passed_through.{k}": str(v) for k, v in snap.passthrough_reasons.items()})
         kv.update({f"rejected.{k}": str(v) for k, v in snap.rejected.items()})

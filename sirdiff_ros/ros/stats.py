@@ -42,6 +42,7 @@ class StatsSnapshot:
     time_jumps: int = 0
     extra: dict[str, str] = field(default_factory=dict)
     pose_sources: dict[str, int] = field(default_factory=dict)  # images admitted per pose source
+    depth_images: dict[str, int] = field(default_factory=dict)  # with depth_topic: images admitted with / without one
 
     @property
     def dropped_total(self) -> int:
@@ -97,6 +98,7 @@ class NodeStats:
         self.last_error = ""
         self.time_jumps = 0
         self.pose_sources: Counter[str] = Counter()
+        self.depth_images: Counter[str] = Counter()
         self._backend_failing = False
         # Problems since the previous snapshot decide WARN.
         self._drops_at_snapshot = 0
@@ -129,6 +131,11 @@ class NodeStats:
         """An image was admitted with a pose from ``source`` (pose_topic, fallback) or none."""
         with self._lock:
             self.pose_sources[source] += 1
+
+    def on_depth(self, attached: bool) -> None:
+        """An image was admitted with its depth image attached, or without one."""
+        with self._lock:
+            self.depth_images["attached" if attached else "missing"] += 1
 
     def on_decision(self, is_keyframe: bool, is_target: bool) -> None:
         with self._lock:
@@ -201,4 +208,5 @@ class NodeStats:
                 message=msg,
                 time_jumps=self.time_jumps,
                 pose_sources=dict(self.pose_sources),
+                depth_images=dict(self.depth_images),
             )
