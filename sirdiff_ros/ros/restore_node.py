@@ -481,8 +481,7 @@ class RestoreNode(LifecycleNode):
         if self.pipeline is not None:
             self.pipeline.reset()
         c = self.cfg
-        self._poses = PoseHistory(c["pose_history_size"], int(c["pose_extrapolation_s"] * 1e9))
-        self._fallback_poses = PoseHistory(c["pose_history_size"], int(c["pose_extrapolation_s"] * 1e9))
+        self._poses, self._fallback_poses = self._new_pose_history(), self._new_pose_history()
         self._last_stamp_ns = None
         # Images still pairing keep their place in the synchronizer (it matches by stamp); late
         # messages of the old line arrive within the pairing time, not later.
@@ -490,11 +489,14 @@ class RestoreNode(LifecycleNode):
         self._old_line[topic] = last_ns
         self._newest = {topic: stamp_ns}
 
+    def _new_pose_history(self) -> PoseHistory:
+        """An empty pose history sized by the parameters (SLAM's poses and the fallback's alike)."""
+        return PoseHistory(self.cfg["pose_history_size"], int(self.cfg["pose_extrapolation_s"] * 1e9))
+
     def _reset_association(self) -> None:
         c = self.cfg
         self._sync = ApproxTimeSync(2, c["sync_queue_size"], int(c["sync_slop_s"] * 1e9), c["sync_timeout_s"])
-        self._poses = PoseHistory(c["pose_history_size"], int(c["pose_extrapolation_s"] * 1e9))
-        self._fallback_poses = PoseHistory(c["pose_history_size"], int(c["pose_extrapolation_s"] * 1e9))
+        self._poses, self._fallback_poses = self._new_pose_history(), self._new_pose_history()
         self._awaiting_pose = deque()
         self._depths = deque(maxlen=c["sync_queue_size"])
         self._last_stamp_ns = None
