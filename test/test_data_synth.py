@@ -375,6 +375,17 @@ def test_tile_scale_repeats_textures_less_often() -> None:
         build_scene(1, 128, tile_scale=0.0)
 
 
+def test_photo_share_chooses_photographs_or_procedural_patterns() -> None:
+    seeds = [HELDOUT_SEED_START + k for k in range(8)]
+    procedural = set(HELDOUT_PROCEDURAL)
+    assert any(build_scene(s, 64).texture_names & procedural for s in seeds)  # the default mixes both
+    for s in seeds:
+        assert not build_scene(s, 64, photo_share=1.0).texture_names & procedural
+    assert build_scene(seeds[0], 64).texture_names == build_scene(seeds[0], 64, photo_share=0.55).texture_names
+    with pytest.raises(ValueError, match="photo_share"):
+        build_scene(1, 64, photo_share=1.5)
+
+
 def test_slam_preset_and_explicit_options() -> None:
     from sirdiff_ros.data.synth import PRESETS
 

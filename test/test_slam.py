@@ -152,6 +152,11 @@ def test_settings_yaml_per_mode() -> None:
     assert "DepthMapFactor: 1.0" in rgbd and "Camera.bf: 40.000000" in rgbd and "ThDepth: 50.000000" in rgbd
     stereo = settings_yaml(K, "stereo", 20.0, baseline_m=0.12)
     assert "Camera.bf: 60.000000" in stereo and "DepthMapFactor" not in stereo
+    # Monocular maps only what it triangulates: more features by default, an explicit count wins.
+    assert "ORBextractor.nFeatures: 2000" in mono and "ORBextractor.nFeatures: 1200" in rgbd
+    assert "ORBextractor.nFeatures: 800" in settings_yaml(K, "mono", 10.0, features=800)
+    with pytest.raises(ValueError, match="features"):
+        settings_yaml(K, "mono", 10.0, features=10)
     with pytest.raises(ValueError, match="baseline"):
         settings_yaml(K, "stereo", 20.0)
     with pytest.raises(ValueError, match="mode"):
@@ -240,6 +245,21 @@ def test_orbslam_rgbd_tracks_a_sharp_synthetic_sequence(small_vocabulary: Path) 
     assert m["tracked_fraction"] >= 0.95 and m["first_tracked_frame"] == 0 and m["map_resets"] == 0
     assert m["ate_rmse_m"] < 0.03
     assert m["vocabulary"] == str(small_vocabulary)
+
+
+def test_orbslam_mono_tracks_the_sharp_renders_of_a_slam_preset_sequence(small_vocabulary: Path) -> None:
+    """The slam preset's sharp renders, pan included, are trackable monocular: blur is what can lose them."""
+    pytest.importorskip("pyorbslam3", reason=NEEDS_SLAM)
+    from sirdiff_ros.slam.orbslam import run_orbslam, slam_metrics
+
+    frames = list(generate_sequence(1_000_003, 150, 640, 480, preset="slam", **SHARP))
+    assert max(f.extras["blur_px"] for f in frames) == 0.0
+    inputs = [SlamInput(f.stamp_ns, f.image) for f in frames]
+    run = run_orbslam(inputs, frames[0].intrinsics, "mono", small_vocabulary, fps=30.0)
+    assert run.error == ""
+    m = slam_metrics(run, {f.stamp_ns: f.pose for f in frames})
+    assert m["tracked_fraction"] >= 0.95 and m["first_tracked_frame"] <= 5 and m["map_resets"] == 0
+    assert m["ate_rmse_m"] < 0.03
 
 
 def test_orbslam_child_failure_is_reported_not_raised(tmp_path: Path) -> None:

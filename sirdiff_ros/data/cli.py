@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst-angle", type=float, default=t.burst_angle, help="mean pan angle, rad")
     p.add_argument("--burst-start", type=float, default=t.burst_start_s, help="no pan before this time, s")
     p.add_argument("--tile-scale", type=float, default=d.tile_scale, help="multiplies how large scene textures repeat")
+    p.add_argument("--photo-share", type=float, default=d.photo_share,
+                   help="chance a room surface or box gets a photograph, not a procedural pattern")
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="named settings (explicit options override them); slam: sequences where blur decides SLAM "
                         "tracking (30 fps, pans)")
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     options = dict(fps=args.fps, exposure_s=args.exposure, subframes=args.subframes, hfov_deg=args.hfov,
                    noise_std=args.noise, shot_noise=args.shot_noise, downsample=args.downsample, soften_px=args.soften,
-                   tile_scale=args.tile_scale, speed=args.speed, angular_speed=args.angular_speed,
+                   tile_scale=args.tile_scale, photo_share=args.photo_share, speed=args.speed, angular_speed=args.angular_speed,
                    burst_rate=args.burst_rate, burst_speed=args.burst_speed, burst_angle=args.burst_angle,
                    burst_start_s=args.burst_start)
     try:

@@ -77,8 +77,10 @@ def _face(center: np.ndarray, normal: np.ndarray, down: np.ndarray, width: float
 class _TexturePicker:
     """Draws textures for one scene from the split's pool (enforces the split)."""
 
-    def __init__(self, seed: int, rng: np.random.Generator, texture_size: int, tile_scale: float = 1.0) -> None:
+    def __init__(self, seed: int, rng: np.random.Generator, texture_size: int, tile_scale: float = 1.0,
+                 photo_share: float = 0.55) -> None:
         self.photos, self.families = texture_pool(seed)
+        self.photo_share = photo_share
         self.rng = rng
         self.size = texture_size
         self.tile_scale = tile_scale
@@ -90,7 +92,7 @@ class _TexturePicker:
         return tex
 
     def any(self) -> Texture:
-        if self.rng.random() < 0.55:
+        if self.rng.random() < self.photo_share:
             return self.photo()
         tex = procedural_texture(str(self.rng.choice(self.families)), self.rng, max(64, self.size // 2))
         self.used.add(tex.name)
@@ -111,18 +113,24 @@ def _footprint_ok(center: np.ndarray, radius: float, room: np.ndarray, region: t
     return bool(inside_room and np.hypot(dx, dy) > radius + margin)
 
 
-def build_scene(seed: int, texture_size: int = 512, tile_scale: float = 1.0) -> Scene:
+def build_scene(seed: int, texture_size: int = 512, tile_scale: float = 1.0, photo_share: float = 0.55) -> Scene:
     """A random room for ``seed`` (deterministic), textured from the seed's split.
 
     ``tile_scale`` multiplies the size at which textures repeat on walls,
     floor, boxes and panels: larger tiles repeat less often in view, which
     feature-based SLAM needs (identical copies of a texture are ambiguous
-    matches), at the cost of fewer texels per metre.
+    matches), at the cost of fewer texels per metre. ``photo_share`` is the
+    chance that a floor, ceiling, wall or box gets a photograph rather than a
+    procedural pattern (posters are always photographs): the held-out
+    procedural families are smooth and periodic, and monocular SLAM cannot
+    start a map in front of them.
     """
     if not tile_scale > 0:
         raise ValueError(f"tile_scale must be positive, got {tile_scale}")
+    if not 0.0 <= photo_share <= 1.0:
+        raise ValueError(f"photo_share must lie in [0, 1], got {photo_share}")
     rng = np.random.default_rng([seed, 0x5CE7E])
-    pick = _TexturePicker(seed, rng, texture_size, tile_scale)
+    pick = _TexturePicker(seed, rng, texture_size, tile_scale, photo_share)
     L = np.array([rng.uniform(4.5, 9.0), rng.uniform(4.5, 9.0), rng.uniform(2.5, 3.4)])
     region = (np.array([-0.2 * L[0], -0.2 * L[1], 0.9]), np.array([0.2 * L[0], 0.2 * L[1], min(1.9, L[2] - 0.5)]))
     quads: list[Quad] = []

@@ -60,21 +60,25 @@ FRAME_ID = "camera_optical"
 # "slam": sequences where motion blur, not the scene, decides whether a
 # feature-based SLAM system keeps track: 30 fps with a 30 ms exposure (blur
 # of a fast pan is ~0.9x its frame-to-frame motion, so the sharp renders stay
-# trackable through a pan while the exposures smear by tens of pixels), slow
-# steady motion between pans (frames there blur by a few pixels), no pan in
-# the first second (initialisation), and textures repeating half as often
-# (identical copies of a texture in view are ambiguous feature matches).
+# trackable through a pan while the exposures smear by tens of pixels),
+# walking-pace translation (1.2 m/s: parallax for a monocular map to start
+# and to grow into what a pan brings into view) with a slowly wandering
+# heading, no pan in the first second (initialisation), textures repeating
+# half as often (identical copies of a texture in view are ambiguous feature
+# matches) and photographs on every surface (the held-out procedural
+# patterns are smooth and periodic: no monocular map starts in front of them).
 PRESETS: dict[str, dict[str, float]] = {
     "slam": {
         "fps": 30.0,
         "exposure_s": 0.03,
-        "speed": 0.5,
+        "speed": 1.2,
         "angular_speed": 0.25,
         "burst_rate": 0.3,
         "burst_speed": 4.0,
         "burst_angle": 0.8,
         "burst_start_s": 1.0,
         "tile_scale": 1.5,
+        "photo_share": 1.0,
     },
 }
 
@@ -90,8 +94,10 @@ class SynthConfig:
     ``soften_px``: Gaussian sigma (px) that softens the scene itself, sharp
     render and exposure alike, before sensor noise: a world of smooth textures
     whose sharp frames have soft edges (0 = off);
-    ``tile_scale``: multiplies the size at which scene textures repeat
-    (see :func:`~sirdiff_ros.data.scene.build_scene`).
+    ``tile_scale``: multiplies the size at which scene textures repeat;
+    ``photo_share``: chance that a room surface or box is textured with a
+    photograph rather than a procedural pattern (both: see
+    :func:`~sirdiff_ros.data.scene.build_scene`).
     """
 
     width: int = 640
@@ -106,6 +112,7 @@ class SynthConfig:
     texture_size: int = 0
     soften_px: float = 0.0
     tile_scale: float = 1.0
+    photo_share: float = 0.55
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
     def __post_init__(self) -> None:
@@ -125,6 +132,8 @@ class SynthConfig:
             raise ValueError(f"soften_px must lie in [0, 20] px, got {self.soften_px}")
         if not 0.1 <= self.tile_scale <= 20.0:
             raise ValueError(f"tile_scale must lie in [0.1, 20], got {self.tile_scale}")
+        if not 0.0 <= self.photo_share <= 1.0:
+            raise ValueError(f"photo_share must lie in [0, 1], got {self.photo_share}")
         if self.downsample < 1 or self.width % self.downsample or self.height % self.downsample:
             raise ValueError(f"downsample {self.downsample} must be >= 1 and divide {self.width}x{self.height}")
 
@@ -283,7 +292,7 @@ def generate_sequence(seed: int, n_frames: int, width: int = 640, height: int = 
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
         options = {**PRESETS[str(preset)], **options}
     cfg = SynthConfig.from_kwargs(width=width, height=height, **options)
-    scene = build_scene(seed, cfg.resolved_texture_size(), cfg.tile_scale)
+    scene = build_scene(seed, cfg.resolved_texture_size(), cfg.tile_scale, cfg.photo_share)
     renderer, low = _renderers(cfg, scene)
     traj = SmoothTrajectory(seed, scene.camera_region, cfg.trajectory, duration_s=start + n_frames / cfg.fps + 1.0)
     for i in range(n_frames):
@@ -330,7 +339,7 @@ def sample_view_set(seed: int, n_views: int, width: int = 256, height: int = 192
         raise ValueError(f"n_views must be >= 1, got {n_views}")
     cfg = SynthConfig.from_kwargs(width=width, height=height, **options)
     rng = np.random.default_rng([seed, 0x5E7])
-    scene = build_scene(seed, cfg.resolved_texture_size(), cfg.tile_scale)
+    scene = build_scene(seed, cfg.resolved_texture_size(), cfg.tile_scale, cfg.photo_share)
     renderer, low = _renderers(cfg, scene)
     poses = _view_poses(scene, rng, n_views, baseline_m)
     strengths = rng.permutation(np.linspace(0.0, 1.0, n_views) if n_views > 1 else np.array([rng.random()]))

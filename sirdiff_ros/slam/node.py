@@ -12,7 +12,8 @@ camera -> restore node -> ORB-SLAM3 -> pose -> restore node.
 
 Parameters: ``mode`` (mono | rgbd), ``vocabulary`` (a DBoW2 text file;
 empty: ``$PYORBSLAM3_VOCAB`` or the built-in synthetic one), ``fps`` (the
-camera's rate, for ORB-SLAM3's keyframe timing), ``features``,
+camera's rate, for ORB-SLAM3's keyframe timing), ``features`` (ORB
+features per frame; 0: 2000 monocular, 1200 RGB-D),
 ``world_frame``, ``qos_reliability``, ``queue_size`` (images kept while
 ORB-SLAM3 starts or falls behind), ``sync_slop_s`` (image/depth pairing),
 ``states_file`` (a CSV of every frame's stamp, state and pose written at
@@ -55,7 +56,8 @@ class OrbSlamNode(Node):
             raise ValueError(f"parameter mode must be mono or rgbd, got {self.mode!r}")
         self.vocabulary_param = str(self.declare_parameter("vocabulary", "").value)
         self.fps = float(self.declare_parameter("fps", 30.0).value)
-        self.features = int(self.declare_parameter("features", 1200).value)
+        # 0: the mode's default (DEFAULT_FEATURES: more for monocular).
+        self.features = int(self.declare_parameter("features", 0).value)
         self.world_frame = str(self.declare_parameter("world_frame", "map").value)
         reliability = str(self.declare_parameter("qos_reliability", "reliable").value)
         slop_s = float(self.declare_parameter("sync_slop_s", 0.005).value)
@@ -107,7 +109,7 @@ class OrbSlamNode(Node):
             return
         self.intrinsics = K
         self.get_logger().info(f"starting ORB-SLAM3 for a {K.width}x{K.height} camera (fx {K.fx:.1f})")
-        self.slam = OrbSlam(self.vocabulary.path, K, self.mode, self.fps, features=self.features)
+        self.slam = OrbSlam(self.vocabulary.path, K, self.mode, self.fps, features=self.features or None)
         while self._early:
             self._track(*self._early.popleft())
 

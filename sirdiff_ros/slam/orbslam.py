@@ -43,6 +43,7 @@ from ..core.geometry import CameraIntrinsics, Pose
 
 __all__ = [
     "MODES",
+    "DEFAULT_FEATURES",
     "STATES",
     "SlamUnavailable",
     "SlamInput",
@@ -59,6 +60,12 @@ __all__ = [
 MODES = ("mono", "rgbd", "stereo")
 # Tracking states in the order of the timeline plot; CRASHED marks frames a dead run never saw.
 STATES = ("NOT_INITIALIZED", "OK", "RECENTLY_LOST", "LOST", "CRASHED")
+# ORB features per frame by mode. Monocular needs more: it maps only what it
+# triangulates between keyframes (RGB-D maps every feature with depth), and
+# on the `slam` preset's held-out sequences 2000 kept the map through walls
+# of repeated texture where 1200 lost it (ORB-SLAM3's own monocular examples
+# use 1000-2000 at lower resolutions).
+DEFAULT_FEATURES = {"mono": 2000, "rgbd": 1200, "stereo": 1200}
 INSTALL_HINT = "pip install 'sirdiff_ros[slam]' (or: pip install -r requirements/slam.txt)"
 
 
@@ -98,9 +105,10 @@ def stereo_baseline_m(right_projection: Sequence[float]) -> float:
 
 
 def settings_yaml(intrinsics: CameraIntrinsics, mode: str, fps: float, *, baseline_m: float | None = None,
-                  features: int = 1200, depth_threshold_m: float = 6.0) -> str:
+                  features: int | None = None, depth_threshold_m: float = 6.0) -> str:
     """ORB-SLAM3 settings for a pinhole camera with rectified, undistorted images.
 
+    ``features``: ORB features per frame (None: the mode's :data:`DEFAULT_FEATURES`).
     ``rgbd`` takes float32 depth in metres (``DepthMapFactor: 1``); its
     ``Camera.bf`` uses a virtual 8 cm baseline, which only sets what counts
     as a close point (``depth_threshold_m``). ``stereo`` needs ``baseline_m``.
@@ -109,6 +117,10 @@ def settings_yaml(intrinsics: CameraIntrinsics, mode: str, fps: float, *, baseli
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if not (fps > 0 and math.isfinite(fps)):
         raise ValueError(f"fps must be positive, got {fps}")
+    if features is None:
+        features = DEFAULT_FEATURES[mode]
+    if features < 100:
+        raise ValueError(f"features must be >= 100, got {features}")
     K = intrinsics
     lines = [
         "%YAML:1.0",
@@ -180,7 +192,7 @@ class OrbSlam:
     """One ORB-SLAM3 system (no viewer). Use as a context manager or call :meth:`close`."""
 
     def __init__(self, vocabulary: str | Path, intrinsics: CameraIntrinsics, mode: str = "mono", fps: float = 10.0,
-                 *, baseline_m: float | None = None, features: int = 1200) -> None:
+                 *, baseline_m: float | None = None, features: int | None = None) -> None:
         ps = require_slam()
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -329,7 +341,7 @@ def _log_tail(path: Path, lines: int = 5) -> str:
 
 def run_orbslam(frames: Iterable[SlamInput], intrinsics: CameraIntrinsics, mode: str, vocabulary: str | Path, *,
                 fps: float = 10.0, realtime: bool = True, baseline_m: float | None = None,
-                features: int = 1200, timeout_s: float = 120.0, log_file: str | Path | None = None) -> SlamRun:
+                features: int | None = None, timeout_s: float = 120.0, log_file: str | Path | None = None) -> SlamRun:
     """Track ``frames`` with ORB-SLAM3 in a child process; returns every frame's state and pose.
 
     ``realtime``: feed a frame no sooner than ``1 / fps`` after the previous
