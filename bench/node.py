@@ -7,8 +7,10 @@
    clock), compared frame by frame, so background load hits both alike.
 2. End to end with the ``fusion`` backend, 4 views: targets' restore call and
    arrival-to-publication latency (from KeyframeSet), output rate, restored
-   targets per second, and the node's CPU time per thread. The stream has no
-   depth topic (a monocular camera): the fusion aligns by optical flow.
+   targets per second, and the node's CPU time per thread; once without a
+   depth topic (a monocular camera: the fusion aligns by optical flow) and
+   once with the frames' metric depth on ``depth`` (an RGB-D camera: it
+   aligns by reprojection).
 
     .venv/bin/python bench/node.py [--seconds 10] [--rate 20]
 
@@ -38,11 +40,11 @@ from geometry_msgs.msg import PoseStamped  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from sirdiff_ros.msg import KeyframeSet, RestoreStatus  # noqa: E402
-from sirdiff_ros.ros.convert import frame_messages, ns_to_stamp_fields  # noqa: E402
+from sirdiff_ros.ros.convert import depth_message, frame_messages, ns_to_stamp_fields  # noqa: E402
 from sirdiff_ros.ros.probe import NodeProcess, Probe, target_rich_frames  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "node.json"
-INPUTS = {"image": Image, "camera_info": CameraInfo, "pose": PoseStamped}
+INPUTS = {"image": Image, "camera_info": CameraInfo, "pose": PoseStamped, "depth": Image}
 
 RELAY = """
 import rclpy
@@ -61,18 +63,21 @@ except (KeyboardInterrupt, ExternalShutdownException):
 """
 
 
-def _stream(probe: Probe, msgs: list[tuple[Any, Any, Any]], seconds: float, rate: float, start_index: int) -> dict[int, float]:
-    """Publish at ``rate`` Hz for ``seconds``; returns send time by stamp."""
+def _stream(probe: Probe, msgs: list[tuple[Any, ...]], seconds: float, rate: float, start_index: int) -> dict[int, float]:
+    """Publish at ``rate`` Hz for ``seconds`` (image, camera_info, pose and, where the
+    tuple has one, depth); returns send time by stamp."""
     sent: dict[int, float] = {}
     t0 = time.monotonic()
     i = 0
     while time.monotonic() - t0 < seconds:
-        img, info, pose = msgs[i % len(msgs)]
+        img, info, pose, *depth = msgs[i % len(msgs)]
         stamp_ns = int((start_index + i) * 1e9 / rate)
-        for m in (img, info, pose):
+        for m in (img, info, pose, *depth):
             m.header.stamp.sec, m.header.stamp.nanosec = ns_to_stamp_fields(stamp_ns)
         probe.publish("pose", pose)
         probe.publish("camera_info", info)
+        for d in depth:
+            probe.publish("depth", d)
         sent[stamp_ns] = time.monotonic()
         probe.publish("image", img)
         i += 1
@@ -151,10 +156,11 @@ def bench_added_latency(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: 
     }
 
 
-def bench_fusion(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: float, budget_s: float,
+def bench_fusion(msgs: list[tuple[Any, ...]], seconds: float, rate: float, budget_s: float,
                  worker_threads: int | None = None) -> dict[str, Any]:
+    with_depth = len(msgs[0]) > 3
     params = {"backend": "fusion", "num_views": 4, "qos_reliability": "reliable", "min_translation": 0.0,
-              "latency_budget_s": budget_s}
+              "latency_budget_s": budget_s, "depth_topic": "depth" if with_depth else ""}
     if worker_threads is not None:
         params["worker_threads"] = worker_threads
     proc = NodeProcess(
@@ -187,6 +193,7 @@ def bench_fusion(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: float, 
     views = [len(k.views) for k in restored]
     return {
         "rate_hz": rate,
+        "depth": with_depth,
         "latency_budget_s": budget_s,
         "worker_threads": worker_threads,
         "seconds": seconds,
@@ -218,6 +225,8 @@ def main() -> int:
     ap.add_argument("--fusion-rate", type=float, default=30.0, help="input frame rate of the fusion run, Hz")
     ap.add_argument("--only-fusion", action="store_true")
     ap.add_argument("--worker-threads", type=int, default=None, help="the fusion run's worker_threads (default: the node's)")
+    ap.add_argument("--fusion-depth", choices=("without", "with", "both"), default="both",
+                    help="fusion runs without a depth topic, with one, or both (default)")
     args = ap.parse_args()
     print("generating 640x480 frames ...", flush=True)
     frames = target_rich_frames(12, 640, 480)
@@ -227,22 +236,26 @@ def main() -> int:
         print("added latency, passthrough vs bare relay:", flush=True)
         added = bench_added_latency(msgs, args.seconds * 2, args.rate)
         print(json.dumps({k: v for k, v in added.items() if not isinstance(v, dict)}), flush=True)
-    print("fusion backend, 4 views:", flush=True)
-    fusion = bench_fusion(msgs, args.seconds * 2, args.fusion_rate, args.budget, args.worker_threads)
+    runs = {"without": [False], "with": [True], "both": [False, True]}[args.fusion_depth]
+    fusion: dict[str, Any] = {}
+    for with_depth in runs:
+        name = "fusion_4_views_depth" if with_depth else "fusion_4_views"
+        print(f"fusion backend, 4 views, {'with' if with_depth else 'without'} depth:", flush=True)
+        run_msgs = [(*m, depth_message(f, m[0].header)) if with_depth else m for f, m in zip(frames, msgs)]
+        fusion[name] = bench_fusion(run_msgs, args.seconds * 2, args.fusion_rate, args.budget, args.worker_threads)
+        print(json.dumps(fusion[name], indent=2), flush=True)
     if added is None:
-        print(json.dumps(fusion, indent=2))
         return 0
     result = {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
         "image": "640x480 rgb8",
         "added_latency_passthrough": added,
-        "fusion_4_views": fusion,
+        **fusion,
         "note": "2 shared CPU cores; other jobs ran at the same time, so absolute numbers are noisy",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(fusion, indent=2))
     print(f"wrote {RESULTS}")
     return 0
 

@@ -23,10 +23,13 @@ shared machine hits both alike: the ratio is the speed-up in one run. The
 PSNR of every output against ground truth is compared too (a speed-up must
 not cost quality).
 
-The model (``sirdiff``, shipped weights, 640x480, 4 views, default steps),
-with the previous default (PyTorch, whole images) and the current one (engine
-``auto``, ``tile_size`` auto): ``registration``, ``encode``, ``unet`` (all
-steps), ``decode``, ``refine``.
+The model (``sirdiff``, shipped weights, 640x480, 4 views, default steps) in
+:data:`MODEL_CASES`: the previous default (float32 in ONNX Runtime on two
+threads, tiled, full resolution), float32 at ``work_scale`` auto (the
+networks run at 320x240 and the output is upsampled), and the default (also
+``dtype`` auto: bf16 on CPUs with native bf16, and half the cores):
+``registration``, ``resize``, ``encode``, ``unet`` (all steps), ``decode``,
+``refine``.
 
 Writes bench/results/stages.json and prints tables (bench/README.md).
 """
@@ -52,7 +55,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results" / "stages.json"
 FUSION_STAGES = ("select", "align.prepare", "align.reprojection", "align.flow", "align.kernel", "align.checks",
                  "weigh", "blend")
-MODEL_STAGES = ("registration", "encode", "unet", "decode", "refine")
+MODEL_STAGES = ("registration", "resize", "encode", "unet", "decode", "refine")
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -168,8 +171,12 @@ def run_side(tree: Path | None, rounds: int) -> dict[str, Any]:
 
 
 # (label, restorer options): the previous default (PyTorch, whole images) and the current one.
-MODEL_CASES = (("torch, whole image (previous default)", {"engine": "torch", "tile_size": None}),
-               ("auto engine, auto tiles (default)", {}))
+MODEL_CASES = (
+    ("previous default: float32, ONNX Runtime, 2 threads, tiles, full resolution",
+     {"dtype": "float32", "threads": 2, "work_scale": 1.0}),
+    ("float32, ONNX Runtime, default threads, work_scale auto", {"dtype": "float32"}),
+    ("default: dtype auto, default threads, work_scale auto", {}),
+)
 
 
 def model_profile(steps: int | None) -> list[dict[str, Any]]:
@@ -195,7 +202,9 @@ def model_profile(steps: int | None) -> list[dict[str, Any]]:
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         out.append({"case": label, "ms": wall * 1e3, "cpu_ms": cpu * 1e3,
                     "stages_ms": {k: v * 1e3 for k, v in st.items()}, "steps": restorer.steps,
-                    "engine": restorer.engine, "tiles": res.for_index(0).info.get("tiles"),
+                    "engine": restorer.engine, "dtype": str(restorer.dtype).replace("torch.", ""),
+                    "tiles": res.for_index(0).info.get("tiles"),
+                    "work_scale": res.for_index(0).info.get("work_scale"),
                     "threads": torch.get_num_threads(),
                     "psnr_in": psnr(views[0].image, gt), "psnr_out": psnr(res.for_index(0).image, gt)})
     return out
@@ -284,11 +293,11 @@ def print_tables(result: dict[str, Any]) -> None:
         print("PSNR change current-baseline (dB, mean):", json.dumps(result["fusion"]["psnr_change_db"]))
     if "model" in result:
         print("\nsirdiff (shipped weights), 640x480, 4 views: ms per target")
-        head = ["case", "engine", "tiles", "wall", "CPU", *MODEL_STAGES, "PSNR in -> out"]
+        head = ["case", "engine", "dtype", "threads", "work scale", "tiles", "wall", "CPU", *MODEL_STAGES, "PSNR in -> out"]
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
         for m in result["model"]:
-            cells = [m["case"], m["engine"], str(m["tiles"]), f"{m['ms']:.0f}", f"{m['cpu_ms']:.0f}",
+            cells = [m["case"], m["engine"], m["dtype"], str(m["threads"]), f"{m['work_scale']:.2f}", str(m["tiles"]), f"{m['ms']:.0f}", f"{m['cpu_ms']:.0f}",
                      *(f"{m['stages_ms'].get(st, 0.0):.0f}" for st in MODEL_STAGES),
                      f"{m['psnr_in']:.2f} -> {m['psnr_out']:.2f}"]
             print("| " + " | ".join(cells) + " |")

@@ -456,7 +456,7 @@ def test_an_image_waits_for_its_depth_image_that_arrives_after_it(tmp_path: Path
     """Depth comes on its own subscription and can arrive after its colour image and camera_info
     have paired: the image waits for it (up to pose_wait_s) instead of going without, and
     /diagnostics counts images admitted with and without depth."""
-    from sirdiff_ros.core.image_codec import encode_image
+    from sirdiff_ros.ros.convert import depth_message
 
     node, _ = start_node(tmp_path, depth_topic="depth", pose_wait_s=1.0)
     frames = small_frames[:12]
@@ -466,8 +466,7 @@ def test_an_image_waits_for_its_depth_image_that_arrives_after_it(tmp_path: Path
             assert probe.wait_matched(), node.output()
             for f in frames:
                 img, info, pose = frame_messages(f)
-                depth = Image(header=img.header, height=f.depth.shape[0], width=f.depth.shape[1], encoding="32FC1")
-                depth.step, depth.data = encode_image(f.depth.astype(np.float32), "32FC1")
+                depth = depth_message(f, img.header)
                 probe.publish("pose", pose)
                 probe.publish("camera_info", info)
                 probe.publish("image", img)

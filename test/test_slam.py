@@ -343,8 +343,7 @@ def test_orbslam_node_publishes_poses_of_tracked_frames(tmp_path: Path, small_vo
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import CameraInfo, Image
 
-    from sirdiff_ros.core.image_codec import encode_image
-    from sirdiff_ros.ros.convert import frame_messages
+    from sirdiff_ros.ros.convert import depth_message, frame_messages
     from sirdiff_ros.ros.probe import NodeProcess, Probe
     from sirdiff_ros.slam.node import read_states
     from sirdiff_ros.slam.orbslam import SlamRun, slam_metrics
@@ -366,10 +365,7 @@ def test_orbslam_node_publishes_poses_of_tracked_frames(tmp_path: Path, small_vo
             probe.publish("/t/depth", bad)
             for f in frames:
                 img, info, _ = frame_messages(f)
-                depth = Image()
-                depth.header = img.header
-                depth.height, depth.width, depth.encoding = f.height, f.width, "32FC1"
-                depth.step, depth.data = encode_image(f.depth, "32FC1")
+                depth = depth_message(f, img.header)
                 probe.publish("/t/camera_info", info)
                 probe.publish("/t/depth", depth)
                 probe.publish("/t/image", img)

@@ -450,7 +450,7 @@ def test_refine_head_lowers_the_frozen_pipelines_error_resumes_exactly_and_expor
     assert train_main(["export", "--run", str(tmp_path / "ctx"), "--out", str(tmp_path / "ctx_out")]) == 0
     ctx_pipe = SirDiffPipeline.from_checkpoint(tmp_path / "ctx_out")
     assert ctx_pipe.refiner is not None and ctx_pipe.refiner.config.set_context is True
-    ctx = create_restorer("sirdiff", checkpoint=str(tmp_path / "ctx_out")).restore(RestoreRequest(views=frames, targets=[0]))
+    ctx = create_restorer("sirdiff", checkpoint=str(tmp_path / "ctx_out"), dtype="float32").restore(RestoreRequest(views=frames, targets=[0]))
     assert ctx.views[0].image.shape == frames[0].image.shape
     # --restored-context: the context also summarises the set's restored views.
     assert train_main([*args, "--run", str(tmp_path / "rctx"), "--restored-context", "--steps", "2"]) == 0
@@ -458,7 +458,7 @@ def test_refine_head_lowers_the_frozen_pipelines_error_resumes_exactly_and_expor
     assert rcfg.set_context is True and rcfg.restored_context is True
     assert train_main(["export", "--run", str(tmp_path / "rctx"), "--out", str(tmp_path / "rctx_out")]) == 0
     assert SirDiffPipeline.from_checkpoint(tmp_path / "rctx_out").refiner.config.restored_context is True
-    rctx = create_restorer("sirdiff", checkpoint=str(tmp_path / "rctx_out")).restore(RestoreRequest(views=frames, targets=[0]))
+    rctx = create_restorer("sirdiff", checkpoint=str(tmp_path / "rctx_out"), dtype="float32").restore(RestoreRequest(views=frames, targets=[0]))
     assert rctx.views[0].image.shape == frames[0].image.shape
     assert not np.array_equal(rctx.views[0].image, ctx.views[0].image)
     # --init-head: a new run fine-tunes a saved head (its weights at step 0); another architecture is refused.

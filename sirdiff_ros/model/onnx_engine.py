@@ -9,9 +9,11 @@ with a fixed number of intra-op threads and without spin-waiting
 idle threads must sleep, not burn the cores others need.
 
 On this project's CPU models ONNX Runtime is 1.5-1.7x faster than PyTorch for
-the convolution-bound shapes (a 32x32 latent tile, the full-resolution head);
-PyTorch stays faster where one attention spans a whole 640x480 image (its
-fused attention), which tiling avoids (``bench/stages.py``, ``bench/README.md``).
+the convolution-bound shapes (a 32x32 latent tile, the full-resolution head).
+On a whole 320x240 view set PyTorch's fused attention wins on an idle CPU
+(1.0 s against 1.3 s), but next to one other busy process its two OpenMP
+threads stall (8.0 s) where ONNX Runtime's do not (1.4 s): the CPU a robot
+shares with its SLAM stack is the case that counts (``bench/README.md``).
 """
 
 from __future__ import annotations

@@ -241,7 +241,6 @@ class SirDiffPipeline(DiffusionPipeline):
         self._onnx_unet: Any = None
         self._onnx_refiner: Any = None
         self._onnx_deblurred_refiner: Any = None
-        self._onnx_unet_max_area: int | None = None  # larger UNet calls stay in PyTorch
 
     # ----------------------------------------------------------------- engine
     @property
@@ -249,17 +248,13 @@ class SirDiffPipeline(DiffusionPipeline):
         """``"onnx"`` when the networks run in ONNX Runtime, ``"torch"`` otherwise."""
         return "onnx" if self._onnx_unet is not None else "torch"
 
-    def use_engine(self, engine: str, threads: int = 1, cache_dir: str | Path | None = None,
-                   unet_max_area: int | None = None) -> None:
+    def use_engine(self, engine: str, threads: int = 1, cache_dir: str | Path | None = None) -> None:
         """Run the UNet and the refinement head with ``engine``: ``"torch"`` (the
         reference) or ``"onnx"`` (ONNX Runtime on the CPU, float32; each network
         exported once per input shape into ``cache_dir``, see
-        :mod:`sirdiff_ros.model.onnx_engine`) with ``threads`` intra-op threads.
-        ``unet_max_area``: UNet calls on larger latent grids (h * w) stay in
-        PyTorch, whose fused attention is the faster one there."""
+        :mod:`sirdiff_ros.model.onnx_engine`) with ``threads`` intra-op threads."""
         if engine == "torch":
             self._onnx_unet = self._onnx_refiner = self._onnx_deblurred_refiner = None
-            self._onnx_unet_max_area = None
             return
         if engine != "onnx":
             raise ValueError(f"engine must be 'torch' or 'onnx', got {engine!r}")
@@ -268,15 +263,13 @@ class SirDiffPipeline(DiffusionPipeline):
         from .onnx_engine import OnnxRunner
 
         self._onnx_unet = OnnxRunner(_UNetSample(self.unet), "unet", threads, cache_dir)
-        self._onnx_unet_max_area = unet_max_area
         self._onnx_refiner = (None if self.refiner is None
                               else OnnxRunner(_RefinerCall(self.refiner), "refiner", threads, cache_dir))
         self._onnx_deblurred_refiner = (None if self.deblurred_refiner is None
                                         else OnnxRunner(_RefinerCall(self.deblurred_refiner), "refiner", threads, cache_dir))
 
     def _unet_sample(self, latents: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        area = latents.shape[-2] * latents.shape[-1]
-        if self._onnx_unet is not None and (self._onnx_unet_max_area is None or area <= self._onnx_unet_max_area):
+        if self._onnx_unet is not None:
             return self._onnx_unet(latents, timestep, cond).to(latents.dtype)
         return self.unet(latents, timestep, cond).sample
 

@@ -178,3 +178,15 @@ def frame_messages(frame: Any, pose_frame: str = "world") -> tuple[Any, Any, Any
         o = pose.pose.orientation
         o.x, o.y, o.z, o.w = (float(v) for v in q)
     return img, info, pose
+
+
+def depth_message(frame: Any, header: Any) -> Any:
+    """The frame's metric depth as a ``sensor_msgs/Image`` (32FC1, metres) with ``header``
+    (the colour image's: a depth camera registered to it)."""
+    from sensor_msgs.msg import Image
+
+    if frame.depth is None:
+        raise ValueError("the frame has no depth")
+    msg = Image(header=header, height=frame.height, width=frame.width, encoding="32FC1")
+    msg.step, msg.data = encode_image(np.ascontiguousarray(frame.depth, dtype=np.float32), "32FC1")
+    return msg

@@ -10,6 +10,7 @@ a guard, not the normal path).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -44,24 +45,43 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "sirdiff-
 # convolution-bound, where ONNX Runtime is the faster engine (bench/README.md).
 AUTO_TILE = 40
 AUTO_TILE_ABOVE = 96 * 96
-# engine 'auto': UNet calls on latent grids up to this area run in ONNX Runtime
-# (1.6x PyTorch on a 32x32 tile), larger ones in PyTorch (its fused attention:
-# 1.0 s against ONNX Runtime's 1.3 s on 80x60, a 320x240 view set); the head,
-# convolutions only, always in ONNX Runtime (0.16 s against 0.40 s at 320x240).
-ONNX_UNET_MAX_AREA = 64 * 64
+# work_scale 'auto': the model runs on views of at most this many pixels (320x240,
+# the resolution it was validated at) and its output is upsampled (``_run``):
+# 4x fewer pixels through the networks of a 640x480 set.
+AUTO_WORK_PIXELS = 320 * 240
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
            "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX tiles or AVX512-BF16), where
+    PyTorch's bf16 convolutions and matmuls run faster than float32."""
+    import torch
+
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private: absent means unknown, no
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def default_cpu_threads() -> int:
+    """Compute threads of the model on the CPU by default: half the cores, at least one.
+
+    A robot's CPU also runs its SLAM stack. PyTorch's OpenMP regions stall
+    whenever one of their threads waits for a core: next to one busy process on
+    2 cores, a 320x240 UNet call took 8.0 s on two threads and 0.9 s on one.
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def _resolve_dtype(dtype: str | None, device: str):
     import torch
 
     if dtype in (None, "auto"):
-        # Half precision on GPUs (bf16 where supported), float32 on the CPU.
+        # Half precision on GPUs (bf16 where supported); on the CPU bf16 where it is
+        # native (1.6-1.7x float32 on a 320x240 set, within 0.05 dB), float32 otherwise.
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.bfloat16 if device == "cpu" and cpu_has_native_bf16() else torch.float32
     if dtype not in _DTYPES:
         raise RestorerError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(sorted(_DTYPES))}")
     return getattr(torch, _DTYPES[dtype])
@@ -100,13 +120,16 @@ class SirDiffRestorer:
     (and optionally ``svd``) folders for an SD-2.1-initialised model;
     ``device`` ('cpu', 'cuda', 'cuda:0', 'mps' or 'auto': CUDA, then MPS, then the CPU); ``steps`` (default from the
     checkpoint); ``seed`` (noise seed, fixed per call: same input, same output);
-    ``dtype`` ('auto', 'float32', 'float16', 'bfloat16');
+    ``dtype`` ('auto': bf16 on GPUs that have it, else fp16; on the CPU
+    bf16 where the CPU has native bf16 (:func:`cpu_has_native_bf16`), else
+    float32; 'float32', 'float16', 'bfloat16');
     ``memory_budget_mb`` (tile/chunk to stay under it); ``tile_size`` (latent px;
     'auto': :data:`AUTO_TILE` where a view set's latent grid exceeds
     :data:`AUTO_TILE_ABOVE` pixels, whole otherwise; None: whole);
     ``engine`` ('auto': ONNX Runtime where it is installed and the model runs
     float32 on the CPU, PyTorch otherwise; 'torch'; 'onnx'), ``threads``
-    (intra-op threads of either engine; default: PyTorch's count) and
+    (intra-op threads of either engine; default on the CPU:
+    :func:`default_cpu_threads`) and
     ``onnx_cache`` (folder of the exported networks, see
     :mod:`sirdiff_ros.model.onnx_engine`).
     """
@@ -118,7 +141,7 @@ class SirDiffRestorer:
                  seed: int = 0, dtype: str | None = "auto", memory_budget_mb: float | None = None,
                  tile_size: int | str | None = "auto", sd21: str | Path | None = None, svd: str | Path | None = None,
                  engine: str = "auto", threads: int | None = None, onnx_cache: str | Path | None = None,
-                 **unknown: Any) -> None:
+                 work_scale: float | str = "auto", **unknown: Any) -> None:
         if unknown:
             raise RestorerError(f"unknown option(s) for {self.name}: {', '.join(sorted(unknown))}")
         try:
@@ -129,6 +152,8 @@ class SirDiffRestorer:
         if steps is not None and int(steps) < 1:
             raise RestorerError(f"steps must be >= 1, got {steps}")
         self.device = device
+        if engine == "onnx" and dtype in (None, "auto"):
+            dtype = "float32"  # what ONNX Runtime runs
         self.dtype = _resolve_dtype(dtype, device)
         self.pipe = _load_pipeline(checkpoint, sd21, svd, device, self.dtype)
         self.steps = int(steps) if steps is not None else int(self.pipe.default_steps)
@@ -137,6 +162,9 @@ class SirDiffRestorer:
         if not (tile_size is None or tile_size == "auto" or (isinstance(tile_size, int) and tile_size > 0)):
             raise RestorerError(f"tile_size must be a positive number of latent pixels, 'auto' or None, got {tile_size!r}")
         self.tile_size = tile_size
+        if work_scale != "auto" and not (isinstance(work_scale, (int, float)) and 0.0 < float(work_scale) <= 1.0):
+            raise RestorerError(f"work_scale must be in (0, 1] or 'auto', got {work_scale!r}")
+        self.work_scale = work_scale
         self.checkpoint = str(checkpoint if checkpoint is not None else (sd21 or DEFAULT_CHECKPOINT))
         if self.pipe.view_registration not in ("none", REGISTRATION):
             raise RestorerError(f"{self.checkpoint} was trained on views registered by "
@@ -151,22 +179,23 @@ class SirDiffRestorer:
 
         if engine not in ("auto", "torch", "onnx"):
             raise RestorerError(f"engine must be 'auto', 'torch' or 'onnx', got {engine!r}")
+        if threads is not None and int(threads) < 1:
+            raise RestorerError(f"threads must be >= 1, got {threads}")
+        if threads is None and self.device == "cpu":
+            threads = default_cpu_threads()
         if threads is not None:
-            if int(threads) < 1:
-                raise RestorerError(f"threads must be >= 1, got {threads}")
             torch.set_num_threads(int(threads))
         cpu_float32 = self.device == "cpu" and self.dtype == torch.float32
-        max_area = None
         if engine == "auto":
+            # float32 on the CPU: ONNX Runtime (faster on the convolutions, and it keeps
+            # its speed next to other busy processes; bench/README.md).
             engine = "onnx" if cpu_float32 and onnxruntime_available() else "torch"
-            max_area = ONNX_UNET_MAX_AREA  # each call on the engine measured faster for its size
         if engine == "onnx":
             if not onnxruntime_available():
                 raise RestorerError("engine 'onnx' needs onnxruntime (pip install sirdiff_ros[onnx])")
             if not cpu_float32:
                 raise RestorerError(f"engine 'onnx' runs float32 on the CPU, not {self.dtype} on {self.device}")
-            self.pipe.use_engine("onnx", threads=int(threads or torch.get_num_threads()), cache_dir=onnx_cache,
-                                 unet_max_area=max_area)
+            self.pipe.use_engine("onnx", threads=int(threads or torch.get_num_threads()), cache_dir=onnx_cache)
         return engine
 
     # ----------------------------------------------------------- conversion
@@ -184,6 +213,33 @@ class SirDiffRestorer:
         """Restore B sets of N same-size RGB uint8 views -> ((B, K, H, W, 3) uint8, tiles per step),
         K the ``output_views`` positions (default: all N); ``deblurred``: the views were
         deblurred by their own motion (the checkpoint's head for those, where it has one)."""
+        h, w = sets[0][0].shape[:2]
+        scale = self.scale_for(w, h)
+        if scale < 1.0:
+            # The model restores a reduced set and its output is upsampled: on
+            # real 640x480 frames this kept all but 0.1 dB of the full-resolution
+            # gain at a fraction of the cost, while adding the upsampled change to
+            # the full-resolution view instead (keeping its detail) kept only half
+            # of the gain: the model's gain is mostly noise and blur the full-
+            # resolution view still carries.
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            with stage("resize"):
+                small = [[cv2.resize(v, size, interpolation=cv2.INTER_AREA) for v in views] for views in sets]
+            restored, tiles = self._run_model(small, output_views, deblurred)  # (B, K, h', w', 3)
+            with stage("resize"):
+                up = [[cv2.resize(v, (w, h), interpolation=cv2.INTER_CUBIC) for v in views] for views in restored]
+            return np.stack([np.stack(v) for v in up]), tiles  # (B, K, H, W, 3)
+        return self._run_model(sets, output_views, deblurred)
+
+    def scale_for(self, width: int, height: int) -> float:
+        """The factor the model's input views are resized by (``work_scale``)."""
+        if self.work_scale == "auto":
+            return min(1.0, math.sqrt(AUTO_WORK_PIXELS / float(width * height)))
+        return float(self.work_scale)
+
+    def _run_model(self, sets: list[list[np.ndarray]], output_views: list[int] | None,
+                   deblurred: bool) -> tuple[np.ndarray, int]:
+        """The model on B sets of N same-size views, at their size (:meth:`_run`)."""
         import torch
 
         from ...model.pipeline import images_to_tensor
@@ -256,7 +312,7 @@ class SirDiffRestorer:
                 # Only the positions some call returns are decoded (and refined).
                 wanted = sorted({pos for _, where in group for pos in where.values()})
                 restored, tiles = self._run([g[0] for g in group], wanted, deblurred)  # (B, K, H, W, 3)
-                info = {"steps": self.steps, "views": n_views, "tiles": tiles,
+                info = {"steps": self.steps, "views": n_views, "tiles": tiles, "work_scale": self.scale_for(*size),
                         "registration": self.pipe.view_registration,
                         "head": "deblurred" if deblurred and self.pipe.deblurred_refiner is not None else "general"}
                 for (_, where), res in zip(group, restored):
