@@ -44,7 +44,7 @@ from sirdiff_ros.ros.convert import depth_message, frame_messages, ns_to_stamp_f
 from sirdiff_ros.ros.probe import NodeProcess, Probe, target_rich_frames  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "node.json"
-INPUTS = {"image": Image, "camera_info": CameraInfo, "pose": PoseStamped, "depth": Image}
+INPUTS = {"image": Image, "camera_info": CameraInfo, "pose": PoseStamped}
 
 RELAY = """
 import rclpy
@@ -169,7 +169,7 @@ def bench_fusion(msgs: list[tuple[Any, ...]], seconds: float, rate: float, budge
     )
     try:
         out = {"restored/image": Image, "keyframe_set": KeyframeSet, "status": RestoreStatus}
-        with Probe(INPUTS, out, depth=10) as probe:
+        with Probe({**INPUTS, "depth": Image} if with_depth else INPUTS, out, depth=10) as probe:
             if not probe.wait_matched(30):
                 raise RuntimeError(proc.output())
             cpu0 = _thread_cpu_s(proc.proc.pid)

@@ -140,3 +140,26 @@ def test_zero_terminal_snr_schedule() -> None:
     assert float(zero.alphas_cumprod[-1]) < 1e-6
     with pytest.raises(ValueError, match="zero_terminal_snr needs"):
         make_scheduler("ddim", prediction_type="epsilon", zero_terminal_snr=True)
+
+
+def test_channels_last_weights_give_the_same_output() -> None:
+    """The CPU layout (use_channels_last) changes where weights sit in memory, not what the pipeline computes."""
+    from sirdiff_ros.model.refiner import PixelRefiner
+
+    torch.manual_seed(3)
+    head = PixelRefiner(channels=8, num_blocks=1)
+    torch.nn.init.normal_(head.conv_out.weight, std=0.05)
+    unet = tiny_unet()
+    with torch.no_grad():  # open the 3D-convolution gates (zero at init) so the 5D weights count
+        for m in unet.modules():
+            if hasattr(m, "view_gate"):
+                m.view_gate.fill_(1.0)
+    p = SirDiffPipeline(unet, make_scheduler("ddim"), SpaceToDepthEncoder(4), Parametrization(residual_scale=0.1), refiner=head)
+    x = torch.rand(1, 3, 3, 32, 48) * 2 - 1
+    before = p(x, num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images
+    p.use_channels_last()
+    convs = [q for q in p.unet.parameters() if q.dim() == 5] + [q for q in head.parameters() if q.dim() == 4]
+    assert any(q.dim() == 5 for q in convs)
+    assert all(q.is_contiguous(memory_format=torch.channels_last_3d if q.dim() == 5 else torch.channels_last) for q in convs)
+    after = p(x, num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=0)

@@ -268,6 +268,17 @@ class SirDiffPipeline(DiffusionPipeline):
         self._onnx_deblurred_refiner = (None if self.deblurred_refiner is None
                                         else OnnxRunner(_RefinerCall(self.deblurred_refiner), "refiner", threads, cache_dir))
 
+    def use_channels_last(self) -> None:
+        """Store the networks' convolution weights channels-last (4D and 5D alike), the
+        layout oneDNN's CPU convolutions run fastest in: the head at 320x240 in bf16
+        took 0.16 s against 0.28 s, the UNet 0.71 against 0.78 s (bench/README.md).
+        Outputs are the same up to summation order."""
+        formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+        for net in (self.unet, self.refiner, self.deblurred_refiner):
+            for param in net.parameters() if net is not None else ():
+                if param.dim() in formats:
+                    param.data = param.data.contiguous(memory_format=formats[param.dim()])
+
     def _unet_sample(self, latents: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         if self._onnx_unet is not None:
             return self._onnx_unet(latents, timestep, cond).to(latents.dtype)
