@@ -45,9 +45,9 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "sirdiff-
 # convolution-bound, where ONNX Runtime is the faster engine (bench/README.md).
 AUTO_TILE = 40
 AUTO_TILE_ABOVE = 96 * 96
-# work_scale 'auto': the model runs on views of at most this many pixels (320x240,
-# the resolution it was validated at) and its output is upsampled (``_run``):
-# 4x fewer pixels through the networks of a 640x480 set.
+# work_scale 'auto' on the CPU: the model runs on views of at most this many pixels
+# (320x240, the resolution it was validated at) and its output is upsampled
+# (``_run``): 4x fewer pixels through the networks of a 640x480 set.
 AUTO_WORK_PIXELS = 320 * 240
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
@@ -126,6 +126,10 @@ class SirDiffRestorer:
     ``memory_budget_mb`` (tile/chunk to stay under it); ``tile_size`` (latent px;
     'auto': :data:`AUTO_TILE` where a view set's latent grid exceeds
     :data:`AUTO_TILE_ABOVE` pixels, whole otherwise; None: whole);
+    ``work_scale`` (the model runs on the views resized by this factor, in
+    (0, 1], and its output is upsampled to the views' size; 'auto': on the
+    CPU the largest scale, at most 1, that keeps a view within
+    :data:`AUTO_WORK_PIXELS`, on accelerators 1);
     ``engine`` ('auto': ONNX Runtime where it is installed and the model runs
     float32 on the CPU, PyTorch otherwise; 'torch'; 'onnx'), ``threads``
     (intra-op threads of either engine; default on the CPU:
@@ -236,6 +240,8 @@ class SirDiffRestorer:
     def scale_for(self, width: int, height: int) -> float:
         """The factor the model's input views are resized by (``work_scale``)."""
         if self.work_scale == "auto":
+            if self.device != "cpu":
+                return 1.0  # an accelerator affords full resolution (+0.16 dB on real 640x480 frames)
             return min(1.0, math.sqrt(AUTO_WORK_PIXELS / float(width * height)))
         return float(self.work_scale)
 
