@@ -199,7 +199,8 @@ class SirDiffRestorer:
                 raise RestorerError("engine 'onnx' needs onnxruntime (pip install sirdiff_ros[onnx])")
             if not cpu_float32:
                 raise RestorerError(f"engine 'onnx' runs float32 on the CPU, not {self.dtype} on {self.device}")
-            self.pipe.use_engine("onnx", threads=int(threads or torch.get_num_threads()), cache_dir=onnx_cache)
+            # On the CPU the count was set above (given, or the default).
+            self.pipe.use_engine("onnx", threads=torch.get_num_threads(), cache_dir=onnx_cache)
         elif self.device == "cpu":
             self.pipe.use_channels_last()
         return engine
