@@ -225,7 +225,9 @@ def test_bad_input_is_counted_logged_and_valid_frames_all_come_out(tmp_path: Pat
 
 # -- backend faults ------------------------------------------------------------------------
 def test_backend_failure_publishes_originals_reports_error_and_recovers(tmp_path: Path, small_frames: list[Any]) -> None:
-    node, control = start_node(tmp_path)
+    # Room in the queue and in the budget: on a loaded machine a burst of 9 targets must still reach
+    # the backend, so that backend_error is the only reason a target is passed through here.
+    node, control = start_node(tmp_path, queue_size=20, latency_budget_s=30.0)
     frames = iter(small_frames)
     try:
         with Probe(INPUTS, OUTPUTS) as probe:
@@ -260,7 +262,9 @@ def test_backend_failure_publishes_originals_reports_error_and_recovers(tmp_path
 
             for mode, err in (("raise", "RuntimeError"), ("oom", "MemoryError")):
                 bad = phase(mode, 9)
-                assert bad and all(k.outcome == KeyframeSet.OUTCOME_PASSED_THROUGH and k.reason == "backend_error" for _, k in bad)
+                assert bad and all(k.outcome == KeyframeSet.OUTCOME_PASSED_THROUGH and k.reason == "backend_error" for _, k in bad), [
+                    (k.outcome, k.reason, round(k.end_to_end_ms)) for _, k in bad
+                ]
                 for f, _ in bad:
                     assert np.array_equal(image_of(f), f.image), "the original must be published"
                 level, message, values = wait_diag(probe, lambda lv, msg, _v, err=err: lv == 2 and err in msg)
