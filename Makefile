@@ -28,6 +28,9 @@ BOOTSTRAP := pip==26.3 setuptools==84.2.1
 # make test TESTS=test/test_foundation_messages.py PYTEST_ARGS="-x -q"
 TESTS ?= test/
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist; 0: one process). Each test file runs whole in one
+# worker, each worker in its own DDS domain (test/conftest.py).
+TEST_WORKERS ?= 2
 DEMO_ARGS ?=
 # Private DDS domain for everything make starts (override: make test ROS_DOMAIN_ID=23).
 ROS_DOMAIN_ID = 57
@@ -87,7 +90,7 @@ $(STAMPS)/slam: $(REPO)/requirements/slam.txt $(STAMPS)/editable
 	@touch $@
 
 test: venv
-	cd $(REPO) && $(PY) -m pytest $(TESTS) $(PYTEST_ARGS)
+	cd $(REPO) && $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(TESTS) $(PYTEST_ARGS)
 
 # The linter and the type checker alone (make test runs them too: test/test_code_quality.py).
 lint: venv

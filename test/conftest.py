@@ -22,12 +22,16 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def _private_domain_id() -> int:
-    # 1..100 from the pid; xdist-free runs get one domain per pytest process.
-    return 1 + os.getpid() % 100
+    """The DDS domain of this pytest process: ``ROS_DOMAIN_ID`` (1..100 from the pid
+    when unset), moved on by the worker's number under pytest-xdist, so that
+    the nodes of two tests running at once never see each other's topics."""
+    base = int(os.environ.get("ROS_DOMAIN_ID") or 1 + os.getpid() % 100)
+    n = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    return base if n == 0 else (base + n - 1) % 101 + 1  # Linux: domain ids above 101 collide with ephemeral ports
 
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", str(_private_domain_id()))
+os.environ["ROS_DOMAIN_ID"] = str(_private_domain_id())
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("PYTHONPATH", str(REPO_ROOT))
 # The same defaults as the Makefile's, for `.venv/bin/python -m pytest` run
@@ -39,9 +43,9 @@ os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" 
 # Compute threads that sleep when idle, one per process: next to one other job on
 # 2 cores, spin-waiting OpenMP threads made the model tests several times slower,
 # and a second thread that waits for a core made the shipped-weights sequence test
-# 8 % slower in wall time (and 7 % more CPU) than one thread. The suite's node
-# subprocesses use the other core. Set before any test module imports torch (read
-# when it loads); ONNX Runtime sessions take torch's thread count.
+# 8 % slower in wall time (and 7 % more CPU) than one thread. `make test` runs two
+# such processes (pytest-xdist) to fill two cores. Set before any test module imports
+# torch (read when it loads); ONNX Runtime sessions take torch's thread count.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Networks exported for ONNX Runtime go to a folder of this test session (each
