@@ -17,9 +17,12 @@ import numpy as np
 
 from .textures import Texture, photo_texture, procedural_texture, texture_pool
 
-__all__ = ["Quad", "Scene", "build_scene", "single_quad_scene"]
+__all__ = ["PHOTO_SHARE", "Quad", "Scene", "build_scene", "single_quad_scene"]
 
 UP = np.array([0.0, 0.0, 1.0])
+# Chance that a room surface or box gets a photograph rather than a procedural
+# pattern, by default (the mix every cached sequence and view set was made with).
+PHOTO_SHARE = 0.55
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,8 @@ def _face(center: np.ndarray, normal: np.ndarray, down: np.ndarray, width: float
 class _TexturePicker:
     """Draws textures for one scene from the split's pool (enforces the split)."""
 
-    def __init__(self, seed: int, rng: np.random.Generator, texture_size: int, tile_scale: float = 1.0,
-                 photo_share: float = 0.55) -> None:
+    def __init__(self, seed: int, rng: np.random.Generator, texture_size: int, tile_scale: float,
+                 photo_share: float) -> None:
         self.photos, self.families = texture_pool(seed)
         self.photo_share = photo_share
         self.rng = rng
@@ -113,7 +116,7 @@ def _footprint_ok(center: np.ndarray, radius: float, room: np.ndarray, region: t
     return bool(inside_room and np.hypot(dx, dy) > radius + margin)
 
 
-def build_scene(seed: int, texture_size: int = 512, tile_scale: float = 1.0, photo_share: float = 0.55) -> Scene:
+def build_scene(seed: int, texture_size: int = 512, tile_scale: float = 1.0, photo_share: float = PHOTO_SHARE) -> Scene:
     """A random room for ``seed`` (deterministic), textured from the seed's split.
 
     ``tile_scale`` multiplies the size at which textures repeat on walls,

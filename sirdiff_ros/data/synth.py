@@ -37,7 +37,7 @@ from ..core.frame import Frame
 from ..core.geometry import CameraIntrinsics, Pose, _rotation_exp
 from ..core.color import linear_to_srgb, srgb_to_linear
 from .render import Renderer, RenderResult
-from .scene import Scene, build_scene
+from .scene import PHOTO_SHARE, Scene, build_scene
 from .textures import is_heldout_seed
 from .trajectory import SmoothTrajectory, TrajectoryConfig, look_rotation
 
@@ -112,7 +112,7 @@ class SynthConfig:
     texture_size: int = 0
     soften_px: float = 0.0
     tile_scale: float = 1.0
-    photo_share: float = 0.55
+    photo_share: float = PHOTO_SHARE
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
     def __post_init__(self) -> None:
