@@ -150,6 +150,7 @@ def test_cpu_dtype_auto_takes_bf16_where_the_cpu_multiplies_it_natively() -> Non
     auto = create_restorer("sirdiff")
     assert auto.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     assert default_cpu_threads() == max(1, (os.cpu_count() or 2) // 2)
+    assert torch.get_num_threads() == default_cpu_threads()  # what the backend set, no threads given
     views = sample_view_set(5, 4, 128, 96)
     request = RestoreRequest(views=views, targets=[0])
     gt = views[0].extras["sharp"].astype(np.float64)
