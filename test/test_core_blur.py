@@ -44,6 +44,29 @@ def test_score_is_exposure_invariant_and_resolution_consistent(sharp_frames):
     assert sharpness(grey) == pytest.approx(s, rel=0.02)
 
 
+def _score_by_definition(image: np.ndarray) -> float:
+    """The module docstring's formula in float64 numpy: area-downscale to 320 px wide,
+    grey, smallest mean squared directional second difference over the squared mean."""
+    h, w = image.shape[:2]
+    if w > 320:
+        image = cv2.resize(image, (320, round(h * 320 / w)), interpolation=cv2.INTER_AREA)
+    g = (cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image).astype(np.float64)
+    c = g[1:-1, 1:-1]
+    pairs = [(g[1:-1, :-2], g[1:-1, 2:]), (g[:-2, 1:-1], g[2:, 1:-1]), (g[:-2, :-2], g[2:, 2:]), (g[:-2, 2:], g[2:, :-2])]
+    energy = min(float(np.mean((a - 2 * c + b) ** 2)) for a, b in pairs)
+    return energy / (g.mean() ** 2 + 1.0)
+
+
+def test_score_is_its_definition_on_real_renders_and_extreme_patterns(sharp_frames):
+    rng = np.random.default_rng(5)
+    checker = np.zeros((97, 130), np.uint8)
+    checker[::2, ::2] = 255  # second differences of +-1020: the largest a uint8 image has
+    images = [*sharp_frames, cv2.resize(sharp_frames[1], (640, 480)), cv2.cvtColor(sharp_frames[2], cv2.COLOR_RGB2GRAY),
+              rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), rng.integers(0, 256, (5, 7), dtype=np.uint8), checker]
+    for img in images:
+        assert sharpness(img) == pytest.approx(_score_by_definition(img), rel=1e-9, abs=1e-12), img.shape
+
+
 def test_score_rejects_bad_images():
     with pytest.raises(ValueError, match="uint8"):
         sharpness(np.zeros((10, 10), np.float32))

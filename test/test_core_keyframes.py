@@ -49,6 +49,18 @@ def test_admission_rules_in_documented_order():
     assert all(np.isfinite(snap.sharpness)) and snap.sharpness.min() > 0
 
 
+def test_recent_sharpness_is_the_newest_keyframes_before_an_index():
+    buf = KeyframeBuffer(KeyframeConfig(max_keyframes=6, min_translation=0.01))
+    for i in range(9):
+        assert buf.consider(frame(100 * i, x=0.1 * i), sharpness=float(i)).admitted
+    # Keyframes 3..8 are held (6 at most), oldest first.
+    assert buf.recent_sharpness(4).tolist() == [5.0, 6.0, 7.0, 8.0]
+    assert buf.recent_sharpness(4, before_index=7).tolist() == [3.0, 4.0, 5.0, 6.0]
+    assert buf.recent_sharpness(10, before_index=5).tolist() == [3.0, 4.0]
+    assert buf.recent_sharpness(3, before_index=3).size == 0
+    assert buf.recent_sharpness(0).size == 0
+
+
 def test_eviction_is_oldest_first_and_bounded_by_count():
     buf = KeyframeBuffer(KeyframeConfig(max_keyframes=3, min_translation=0.01))
     evicted = []

@@ -15,6 +15,7 @@ from sirdiff_ros.core.pipeline import (
     OUTCOME_RESTORED,
     PipelineConfig,
     RestorationPipeline,
+    linear_quantile,
 )
 from sirdiff_ros.core.restorers import RestoreRequest, RestoreResult, RestorerError
 from sirdiff_ros.data.synth import generate_sequence
@@ -197,6 +198,17 @@ def test_ingest_and_restore_from_two_threads(frames):
     # Causality holds even though the buffer grew while restoring.
     for o in outcomes:
         assert all(v.stamp_ns < o.frame.stamp_ns for v in o.views[1:])
+
+
+def test_gate_quantile_is_numpys_linear_quantile_bit_for_bit():
+    rng = np.random.default_rng(11)
+    for i in range(3000):
+        n = int(rng.integers(1, 25))
+        values = rng.lognormal(0.0, 2.0, n) if i % 2 else rng.integers(0, 4, n).astype(np.float64)  # ties too
+        q = (0.0, 0.25, 0.5, 0.75, 1.0)[i % 5] if i % 3 else float(rng.random())
+        assert linear_quantile(values.tolist(), q) == float(np.quantile(values, q))
+    with pytest.raises(ValueError):
+        linear_quantile([], 0.5)
 
 
 def test_bad_configuration_is_rejected():

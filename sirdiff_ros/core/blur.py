@@ -70,10 +70,12 @@ def sharpness(image: np.ndarray) -> float:
         # Downscale before the colour conversion: 4x fewer pixels to convert.
         f = ANALYSIS_WIDTH / w
         image = cv2.resize(image, (ANALYSIS_WIDTH, max(3, int(round(h * f)))), interpolation=cv2.INTER_AREA)
-    g = to_grey(image).astype(np.float32)
+    g = to_grey(image)
+    # Second differences of uint8 pixels are integers within +-1020: int16 holds
+    # them exactly, with half the memory traffic of float32 (the same score).
     # Interior pixels only: the borders would add replicated-edge artefacts.
     energy = min(
-        cv2.norm(cv2.filter2D(g, cv2.CV_32F, k)[1:-1, 1:-1], cv2.NORM_L2SQR) for k in _DIRECTIONAL_KERNELS
+        cv2.norm(cv2.filter2D(g, cv2.CV_16S, k)[1:-1, 1:-1], cv2.NORM_L2SQR) for k in _DIRECTIONAL_KERNELS
     ) / ((g.shape[0] - 2) * (g.shape[1] - 2))
     return float(energy / (cv2.mean(g)[0] ** 2 + _EPS))
 

@@ -235,9 +235,16 @@ class KeyframeBuffer:
 
     def recent_sharpness(self, count: int, before_index: int | None = None) -> np.ndarray:
         """Sharpness of up to ``count`` most recent keyframes admitted before ``before_index``."""
-        with self._lock:
-            vals = [k.sharpness for k in self._keyframes if before_index is None or k.index < before_index]
-        return np.asarray(vals[-count:] if count > 0 else [], dtype=np.float64)
+        vals: list[float] = []
+        if count > 0:
+            with self._lock:
+                # Newest first, stopping at ``count``: this runs for every frame.
+                for k in reversed(self._keyframes):
+                    if before_index is None or k.index < before_index:
+                        vals.append(k.sharpness)
+                        if len(vals) == count:
+                            break
+        return np.asarray(vals[::-1], dtype=np.float64)
 
     def __len__(self) -> int:
         with self._lock:

@@ -67,6 +67,7 @@ __all__ = [
     "FrameDecision",
     "RestorationOutcome",
     "RestorationPipeline",
+    "linear_quantile",
 ]
 
 # Mirror KeyframeSet.msg's OUTCOME_* constants.
@@ -305,7 +306,7 @@ class RestorationPipeline:
         ref = math.nan
         peers = self.buffer.recent_sharpness(cfg.gate_window, before_index=before_index)
         if peers.size >= cfg.gate_min_peers:
-            ref = float(np.quantile(peers, cfg.gate_quantile))
+            ref = linear_quantile(peers.tolist(), cfg.gate_quantile)
         blurred_score = math.isfinite(ref) and score < cfg.blur_ratio * ref
         if math.isfinite(motion):
             # The camera's motion decides when it is clear-cut (an absolute
@@ -465,3 +466,20 @@ class RestorationPipeline:
             device=getattr(backend, "device", "cpu"),
             end_to_end_s=time.monotonic() - decision.ingest_time,
         )
+
+
+def linear_quantile(values: list[float], q: float) -> float:
+    """``np.quantile(values, q)`` (method ``linear``), bit for bit, in plain Python.
+
+    The gate takes one quantile of about ten numbers for every frame, where
+    numpy's general machinery costs more than the arithmetic."""
+    if not values:
+        raise ValueError("quantile of no values")
+    a = sorted(values)
+    h = (len(a) - 1) * q
+    lo = min(int(math.floor(h)), len(a) - 1)
+    hi = min(lo + 1, len(a) - 1)
+    t = h - lo
+    # numpy's _lerp: from the nearer end, so that t = 1 gives the upper value exactly.
+    d = a[hi] - a[lo]
+    return a[hi] - d * (1.0 - t) if t >= 0.5 else a[lo] + d * t
