@@ -83,3 +83,31 @@ def test_stage_times_are_collected_only_when_asked(views):
     with stage("nowhere"):
         pass
     assert "nowhere" not in times
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("channels", [0, 1, 3])
+def test_remap_linear_is_opencvs_bilinear_remap_for_every_layout(dtype, channels):
+    # Colour uint8 images are remapped padded to 4 channels: the values must not change.
+    import cv2
+
+    from sirdiff_ros.core.remap import remap_linear
+
+    rng = np.random.default_rng(channels)
+    h, w = 61, 83
+    shape = (h, w) if channels == 0 else (h, w, channels)
+    image = (rng.random(shape) * 255).astype(dtype)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    maps = {
+        "smooth": np.stack([gx + 3.3 + 0.01 * gy, gy - 2.7 + 0.02 * gx], -1),
+        "scattered": np.stack([rng.random((h, w)) * w, rng.random((h, w)) * h], -1),
+        "past the borders": np.stack([gx * 1.7 - 20.0, gy * 1.5 - 30.0], -1),
+    }
+    for name, m in maps.items():
+        m = m.astype(np.float32)
+        mx, my = np.ascontiguousarray(m[..., 0]), np.ascontiguousarray(m[..., 1])
+        for args in ((m, None), (mx, my)):
+            expected = cv2.remap(image, args[0], args[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            got = remap_linear(image, *args)
+            assert got.dtype == image.dtype and got.shape == expected.shape, name
+            assert np.array_equal(got, expected), name

@@ -50,6 +50,7 @@ import numpy as np
 from .blur import local_sharpness, sharpness, to_grey
 from .frame import Frame
 from .profiling import stage
+from .remap import remap_linear
 from .reblur import center_kernel, estimate_kernel, kernel_centroid, kernel_extent, reblur
 
 __all__ = [
@@ -243,8 +244,7 @@ def warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Sample ``img`` at target pixel + flow (bilinear, replicated borders)."""
     h, w = flow.shape[:2]
     m = _pixel_grid(h, w) + flow  # (h, w, 2) absolute sample positions
-    # map2=None (one two-channel map) is valid at run time; OpenCV's stubs do not list it.
-    return cv2.remap(img, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload]
+    return remap_linear(img, m)
 
 
 def lands_inside(flow: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -605,7 +605,7 @@ def warp_full(
         m = cv2.scaleAdd(ff[rows, cols], W / w, grid)
     else:
         m = ff[rows, cols] * np.array([W / w, H / h], np.float32) + grid
-    warped = cv2.remap(image, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload]
+    warped = remap_linear(image, m)
     return warped, cv2.inRange(m, (0.0, 0.0), (W - 1.0, H - 1.0)) > 0
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from .color import linear_to_srgb, srgb_to_linear
 from .frame import Frame
 from .geometry import CameraIntrinsics, Pose, _rotation_exp, _rotation_log
+from .remap import remap_linear
 
 __all__ = [
     "EXPOSURE_MOTION_KEY",
@@ -176,7 +177,7 @@ class MotionBlurOperator:
     def _mean_warp(self, x: np.ndarray, maps: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         acc = np.zeros_like(x)
         for mu, mv in maps:
-            acc += cv2.remap(x, mu, mv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            acc += remap_linear(x, mu, mv)
         acc *= np.float32(1.0 / len(maps))
         return acc
 

@@ -27,6 +27,7 @@ import numpy as np
 from ..core.frame import Frame
 from ..core.geometry import Pose, _rotation_exp
 from ..core.color import linear_to_srgb, srgb_to_linear
+from ..core.remap import remap_linear
 from .synth import add_sensor_noise, blur_extent_px
 
 __all__ = ["BlurTrajectory", "blur_frame"]
@@ -131,7 +132,7 @@ def blur_frame(
         fu, fv = grid_u - flow[..., 0], grid_v - flow[..., 1]
         f2 = cv2.remap(flow, fu, fv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         su, sv = grid_u - f2[..., 0], grid_v - f2[..., 1]
-        acc += cv2.remap(sharp_lin, su, sv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        acc += remap_linear(sharp_lin, su, sv)
         inside = (su >= -0.5) & (su <= w - 0.5) & (sv >= -0.5) & (sv <= h - 0.5)
         src_known = cv2.remap(known.view(np.uint8), su, sv, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT) > 0
         valid &= inside & src_known
