@@ -8,8 +8,10 @@ Fusion, 640x480, 4 views (target + 3 partners), on two kinds of view sets:
   (49-60 px of blur, so the alignment takes the half-scale path), by
   reprojection (``depth``) and by optical flow (``flow``, depth removed);
 * ``stream``: the targets the pipeline picks in the node benchmark's stream
-  (``target_rich_frames``: every third frame blurred 15 px; depth path,
-  work scale 0.5), each with the view set the pipeline selects.
+  (``target_rich_frames``: every third frame blurred 15 px; work scale 0.5),
+  each with the view set the pipeline selects, with the frames' depth
+  (``stream/depth``, an RGB-D camera) and without (``stream/flow``, a
+  monocular one: optical flow), replayed in order.
 
 Stages (:mod:`sirdiff_ros.core.profiling`): ``select`` (which partners are
 sharper), ``align.prepare`` (grey images, blur matching), ``align.reprojection``,
@@ -55,6 +57,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results" / "stages.json"
 FUSION_STAGES = ("select", "align.prepare", "align.reprojection", "align.flow", "align.kernel", "align.checks",
                  "weigh", "blend")
+STREAMS = ("stream/depth", "stream/flow")  # replayed in order, each from an empty frame cache
+FUSION_GROUPS = ("sets/depth", "sets/flow", *STREAMS)
 MODEL_STAGES = ("registration", "resize", "encode", "unet", "decode", "refine")
 
 
@@ -89,7 +93,10 @@ def fusion_requests() -> dict[str, tuple[Any, np.ndarray]]:
         if d.is_target:
             sel = pipe.select(d)
             if len(sel.views) == 4:
-                out[f"stream/{i}"] = (RestoreRequest(list(sel.views), [0], list(sel.overlaps)), sharp)
+                views = list(sel.views)
+                out[f"stream/depth/{i}"] = (RestoreRequest(views, [0], list(sel.overlaps)), sharp)
+                mono = [dataclasses.replace(v, depth=None) for v in views]
+                out[f"stream/flow/{i}"] = (RestoreRequest(mono, [0], list(sel.overlaps)), sharp)
     return out
 
 
@@ -132,11 +139,12 @@ def time_fusion(rounds: int) -> dict[str, Any]:
             for _ in range(rounds):
                 empty_cache()
                 calls[name].append(call(req))
-    for _ in range(rounds):
-        empty_cache()
-        for name, (req, _) in requests.items():
-            if name.startswith("stream"):
-                calls[name].append(call(req))
+    for group in STREAMS:
+        for _ in range(rounds):
+            empty_cache()
+            for name, (req, _) in requests.items():
+                if name.startswith(group + "/"):
+                    calls[name].append(call(req))
     out: dict[str, Any] = {}
     for name, (req, gt) in requests.items():
         wall, st, res = sorted(calls[name], key=lambda c: c[0])[len(calls[name]) // 2]
@@ -255,16 +263,16 @@ def main() -> int:
             rows = sorted((r[name] for r in runs), key=lambda r: r["ms"])
             per[name] = rows[len(rows) // 2]
         merged[side] = per
-    result["fusion"] = {side: {"per_request": per, **{p: summary(per, p) for p in ("sets/depth", "sets/flow", "stream")}}
+    result["fusion"] = {side: {"per_request": per, **{p: summary(per, p) for p in FUSION_GROUPS}}
                         for side, per in merged.items()}
     if args.baseline:
         cur, base = merged["current"], merged["baseline"]
         result["fusion"]["ratio_current_over_baseline"] = {
             p: float(np.median([cur[k]["ms"] / base[k]["ms"] for k in cur if k.startswith(p)]))
-            for p in ("sets/depth", "sets/flow", "stream")}
+            for p in FUSION_GROUPS}
         result["fusion"]["psnr_change_db"] = {
             p: float(np.mean([cur[k]["psnr_out"] - base[k]["psnr_out"] for k in cur if k.startswith(p)]))
-            for p in ("sets/depth", "sets/flow", "stream")}
+            for p in FUSION_GROUPS}
         result["baseline"] = args.baseline
     if not args.no_model:
         result["model"] = model_profile(args.steps)
@@ -282,7 +290,7 @@ def print_tables(result: dict[str, Any]) -> None:
     head = ["sets", "side", "n", "wall", "CPU", *FUSION_STAGES, "gain dB"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for p in ("sets/depth", "sets/flow", "stream"):
+    for p in FUSION_GROUPS:
         for side in sides:
             s = result["fusion"][side][p]
             cells = [p, side, str(s["n"]), f"{s['ms_median']:.0f}", f"{s['cpu_ms_median']:.0f}", *(f"{s[f'{st}_ms']:.1f}" for st in FUSION_STAGES),

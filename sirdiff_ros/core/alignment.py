@@ -251,8 +251,7 @@ def lands_inside(flow: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Target pixels whose flow lands inside an image of ``shape``."""
     h, w = flow.shape[:2]
     m = _pixel_grid(h, w) + flow
-    mx, my = m[..., 0], m[..., 1]
-    return (mx >= 0) & (mx <= shape[1] - 1) & (my >= 0) & (my <= shape[0] - 1)
+    return cv2.inRange(m, (0.0, 0.0), (shape[1] - 1.0, shape[0] - 1.0)) > 0  # bounds inclusive, one pass
 
 
 def reprojection_flow(target: Frame, partner: Frame, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -491,8 +490,9 @@ def _checked(tgt: _Target, init: _Initial, config: AlignmentConfig) -> Alignment
         # brightness, e.g. an object that moved in, differs in hue.
         pc = reblur(warp(tgt.cache.colour(partner.image, (w, h)), flow), kernel)
         gain = _exposure_gain(tgt.colour, pc, trust > 0.5)
-        # Largest channel residual (cv2's reduction: numpy's over a 3-long last axis is slow).
-        d3 = np.abs(pc * gain - tgt.colour)
+        # Largest channel residual after the gain (cv2 throughout: numpy's arithmetic and
+        # reductions over a 3-long last axis are slow).
+        d3 = cv2.absdiff(cv2.multiply(pc, (*np.atleast_1d(gain).tolist(), 0.0)), tgt.colour)  # type: ignore[call-overload]
         diff = cv2.reduce(d3.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(h, w)
     else:
         gain = _exposure_gain(tgt.grey, matched, trust > 0.5)
