@@ -170,8 +170,8 @@ class MotionBlurOperator:
             # Inverse map by one fixed-point step (exact to second order in the small motion).
             du, dv = fu - gu, fv - gv
             su, sv = gu - du, gv - dv
-            du2 = cv2.remap(du, su, sv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            dv2 = cv2.remap(dv, su, sv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            du2 = remap_linear(du, su, sv)
+            dv2 = remap_linear(dv, su, sv)
             self._forward.append((gu - du2, gv - dv2))
 
     def _mean_warp(self, x: np.ndarray, maps: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Bilinear resampling of images through a map, the one way the core warps.
+"""Bilinear resampling through a map with replicated borders: how the core warps
+images, flows and depth.
 
 OpenCV's remap of a 3-channel uint8 image takes about twice as long as that
 of the same image padded to 4 channels, and gives the same values (channels

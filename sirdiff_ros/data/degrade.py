@@ -130,7 +130,7 @@ def blur_frame(
         flow = np.stack([num[0] / num[2] - grid_u, num[1] / num[2] - grid_v], axis=-1)  # (H, W, 2) float32
         # One fixed-point step of the inverse flow: x_sharp = x - F(x - F(x)).
         fu, fv = grid_u - flow[..., 0], grid_v - flow[..., 1]
-        f2 = cv2.remap(flow, fu, fv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        f2 = remap_linear(flow, fu, fv)
         su, sv = grid_u - f2[..., 0], grid_v - f2[..., 1]
         acc += remap_linear(sharp_lin, su, sv)
         inside = (su >= -0.5) & (su <= w - 0.5) & (sv >= -0.5) & (sv <= h - 0.5)
