@@ -59,6 +59,7 @@ __all__ = [
     "FrameCache",
     "align_partner",
     "align_partners",
+    "channel_scalar",
     "lands_inside",
     "match_blur",
     "reprojection_flow",
@@ -250,8 +251,19 @@ def warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
 def lands_inside(flow: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Target pixels whose flow lands inside an image of ``shape``."""
     h, w = flow.shape[:2]
-    m = _pixel_grid(h, w) + flow
-    return cv2.inRange(m, (0.0, 0.0), (shape[1] - 1.0, shape[0] - 1.0)) > 0  # bounds inclusive, one pass
+    return _inside(_pixel_grid(h, w) + flow, shape)
+
+
+def _inside(positions: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Where (h, w, 2) sample positions (x, y) lie inside an image of ``shape``, bounds inclusive (one pass)."""
+    return cv2.inRange(positions, (0.0, 0.0), (shape[1] - 1.0, shape[0] - 1.0)) > 0
+
+
+def channel_scalar(gain: np.ndarray | float, channels: int) -> Any:
+    """A per-channel gain as OpenCV's multiplier for an image of ``channels`` channels:
+    a float for one, else a Scalar tuple padded to 4 (the stubs only list arrays)."""
+    g = np.atleast_1d(gain).astype(np.float64).tolist()
+    return (*g, 0.0) if channels > 1 else g[0]
 
 
 def reprojection_flow(target: Frame, partner: Frame, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -492,7 +504,7 @@ def _checked(tgt: _Target, init: _Initial, config: AlignmentConfig) -> Alignment
         gain = _exposure_gain(tgt.colour, pc, trust > 0.5)
         # Largest channel residual after the gain (cv2 throughout: numpy's arithmetic and
         # reductions over a 3-long last axis are slow).
-        d3 = cv2.absdiff(cv2.multiply(pc, (*np.atleast_1d(gain).tolist(), 0.0)), tgt.colour)  # type: ignore[call-overload]
+        d3 = cv2.absdiff(cv2.multiply(pc, channel_scalar(gain, 3)), tgt.colour)
         diff = cv2.reduce(d3.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(h, w)
     else:
         gain = _exposure_gain(tgt.grey, matched, trust > 0.5)
@@ -606,7 +618,7 @@ def warp_full(
     else:
         m = ff[rows, cols] * np.array([W / w, H / h], np.float32) + grid
     warped = remap_linear(image, m)
-    return warped, cv2.inRange(m, (0.0, 0.0), (W - 1.0, H - 1.0)) > 0
+    return warped, _inside(m, image.shape)
 
 
 def _exposure_gain(target: np.ndarray, warped: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..alignment import AlignmentConfig, FrameCache, align_partners, soft_mask, warp_full
+from ..alignment import AlignmentConfig, FrameCache, align_partners, channel_scalar, soft_mask, warp_full
 from ..blur import local_sharpness
 from ..device import resolve_device
 from ..frame import Frame
@@ -158,10 +158,8 @@ class FusionRestorer:
             w = wf[by0:by1, bx0:bx1]
             np.multiply(w, inside, out=w)
             sub = (slice(by0 - y0, by1 - y0), slice(bx0 - x0, bx1 - x0))
-            g = np.atleast_1d(gain).astype(np.float64)
-            # A tuple is a per-channel cv2 Scalar (the stubs only list arrays).
-            per_channel: Any = (*g, 0.0) if warped.ndim == 3 else float(g[0])
-            scaled = cv2.multiply(warped, per_channel, dtype=cv2.CV_32F)
+            channels = warped.shape[2] if warped.ndim == 3 else 1
+            scaled = cv2.multiply(warped, channel_scalar(gain, channels), dtype=cv2.CV_32F)
             cv2.subtract(scaled, tgt_f[sub], dst=scaled)
             # cv2 over a 3-channel copy of w: numpy's broadcast over a last axis of 3 is several times slower.
             cv2.multiply(scaled, cv2.merge((w,) * 3) if warped.ndim == 3 else w, dst=scaled)
