@@ -11,7 +11,10 @@
    targets per second, and the node's CPU time per thread; once without a
    depth topic (a monocular camera: the fusion aligns by optical flow) and
    once with the frames' metric depth on ``depth`` (an RGB-D camera: it
-   aligns by reprojection).
+   aligns by reprojection). Quality: each target's PSNR against its
+   sharp ground truth, output minus input (0 dB for a target passed through).
+   Under load the node restores with ``num_views_under_load`` views
+   (``--views-under-load`` sets it; 0: always 4).
 
     .venv/bin/python bench/node.py [--seconds 10] [--rate 20]
 
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +45,7 @@ from geometry_msgs.msg import PoseStamped  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from sirdiff_ros.msg import KeyframeSet, RestoreStatus  # noqa: E402
-from sirdiff_ros.ros.convert import depth_message, frame_messages, ns_to_stamp_fields  # noqa: E402
+from sirdiff_ros.ros.convert import depth_message, frame_messages, image_from_msg, ns_to_stamp_fields, stamp_to_ns  # noqa: E402
 from sirdiff_ros.ros.probe import NodeProcess, Probe, target_rich_frames  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "node.json"
@@ -168,13 +172,29 @@ def bench_added_latency(msgs: list[tuple[Any, Any, Any]], seconds: float, rate: 
     }
 
 
-def bench_fusion(msgs: list[tuple[Any, ...]], seconds: float, rate: float, budget_s: float,
-                 worker_threads: int | None = None) -> dict[str, Any]:
+def _psnr_gains(probe: Probe, frames: list[Any], sent: dict[int, float], targets: set[int]) -> dict[int, float]:
+    """Per blurred target stamp: PSNR of the node's output against the frame's sharp ground truth, minus the input's (dB)."""
+    index = {stamp: i for i, stamp in enumerate(sorted(sent))}
+    gains = {}
+    for r in probe.get("restored/image"):
+        if r.stamp_ns in targets and r.stamp_ns in index:
+            frame = frames[index[r.stamp_ns] % len(frames)]  # _stream cycles through the frames
+            if not frame.extras["blurred"]:
+                continue  # its input is the ground truth: no gain to measure
+            gt = frame.extras["sharp"]
+            gains[r.stamp_ns] = cv2.PSNR(image_from_msg(r.msg, 1 << 30), gt) - cv2.PSNR(frame.image, gt)
+    return gains
+
+
+def bench_fusion(msgs: list[tuple[Any, ...]], frames: list[Any], seconds: float, rate: float, budget_s: float,
+                 worker_threads: int | None = None, views_under_load: int | None = None) -> dict[str, Any]:
     with_depth = len(msgs[0]) > 3
     params = {"backend": "fusion", "num_views": 4, "qos_reliability": "reliable", "min_translation": 0.0,
               "latency_budget_s": budget_s, "depth_topic": "depth" if with_depth else ""}
     if worker_threads is not None:
         params["worker_threads"] = worker_threads
+    if views_under_load is not None:
+        params["num_views_under_load"] = views_under_load
     proc = NodeProcess(
         params,
         log_path=f"/tmp/bench_node_fusion_{os.getpid()}.log",
@@ -193,6 +213,7 @@ def bench_fusion(msgs: list[tuple[Any, ...]], seconds: float, rate: float, budge
             e2e = _latencies(probe, "restored/image", sent)
             sets = [r.msg for r in probe.get("keyframe_set")]
             status = probe.get("status")[-1].msg
+            gains = _psnr_gains(probe, frames, sent, {stamp_to_ns(k.header.stamp) for k in sets})
     finally:
         proc.close()
     restored = [k for k in sets if k.outcome == KeyframeSet.OUTCOME_RESTORED]
@@ -218,6 +239,11 @@ def bench_fusion(msgs: list[tuple[Any, ...]], seconds: float, rate: float, budge
         "passed_through_by_reason": reasons,
         "restored_per_s": round(len(restored) / wall, 2),
         "views_per_set_mean": round(float(np.mean(views)), 2) if views else None,
+        "restored_by_views": {str(n): views.count(n) for n in sorted(set(views), reverse=True)},
+        # Over every target (a target passed through gains 0 dB), and over the restored ones.
+        "psnr_gain_db_mean_targets": round(float(np.mean(list(gains.values()))), 3) if gains else None,
+        "psnr_gain_db_mean_restored": round(float(np.mean([gains[stamp_to_ns(k.header.stamp)] for k in restored
+                                                           if stamp_to_ns(k.header.stamp) in gains])), 3) if restored else None,
         "restore_call_ms_p50": round(float(np.percentile(call, 50)), 1) if call.size else None,
         "restore_call_ms_p90": round(float(np.percentile(call, 90)), 1) if call.size else None,
         "target_arrival_to_publish_ms_p50": round(float(np.percentile(target_e2e, 50)), 1) if call.size else None,
@@ -237,6 +263,8 @@ def main() -> int:
     ap.add_argument("--fusion-rate", type=float, default=30.0, help="input frame rate of the fusion run, Hz")
     ap.add_argument("--only-fusion", action="store_true")
     ap.add_argument("--worker-threads", type=int, default=None, help="the fusion run's worker_threads (default: the node's)")
+    ap.add_argument("--views-under-load", type=int, default=None,
+                    help="the fusion run's num_views_under_load (default: the node's; 0: always 4 views)")
     ap.add_argument("--fusion-depth", choices=("without", "with", "both"), default="both",
                     help="fusion runs without a depth topic, with one, or both (default)")
     args = ap.parse_args()
@@ -254,7 +282,8 @@ def main() -> int:
         name = "fusion_4_views_depth" if with_depth else "fusion_4_views"
         print(f"fusion backend, 4 views, {'with' if with_depth else 'without'} depth:", flush=True)
         run_msgs = [(*m, depth_message(f, m[0].header)) if with_depth else m for f, m in zip(frames, msgs)]
-        fusion[name] = bench_fusion(run_msgs, args.seconds * 2, args.fusion_rate, args.budget, args.worker_threads)
+        fusion[name] = bench_fusion(run_msgs, frames, args.seconds * 2, args.fusion_rate, args.budget, args.worker_threads,
+                                    args.views_under_load)
         print(json.dumps(fusion[name], indent=2), flush=True)
     if added is None:
         return 0

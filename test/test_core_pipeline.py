@@ -112,6 +112,27 @@ def test_backend_error_degrades_to_passthrough(frames):
     assert d.restore(dec, restorer=RestorationPipeline(config(), "passthrough").restorer).reason == "passthrough"
 
 
+def test_fewer_views_are_the_first_picks_of_the_full_set(frames):
+    """A node under load restores with fewer views: the greedy selection stops early,
+    so a smaller set holds the full set's best partners, and the target is still restored."""
+    pipe = RestorationPipeline(config(), "fusion")
+    sizes = []
+    for f in frames:
+        dec = pipe.ingest(f)
+        if not dec.is_target:
+            continue
+        full = pipe.select(dec)
+        sizes.append(len(full.views))
+        smaller = {n: pipe.select(dec, num_views=n) for n in (3, 2)}
+        assert [len(smaller[n].views) for n in (3, 2)] == [min(3, sizes[-1]), 2]
+        picks = {n: {v.stamp_ns for v in sel.views[1:]} for n, sel in [(4, full), *smaller.items()]}
+        assert picks[2] <= picks[3] <= picks[4]
+        assert smaller[2].score <= smaller[3].score <= full.score
+        out = pipe.restore(dec, num_views=2)
+        assert out.restored and out.views[0] is f and {v.stamp_ns for v in out.views[1:]} == picks[2]
+    assert len(sizes) == len(BLURRED) and 4 in sizes, sizes  # the greedy stops once the view is covered
+
+
 def test_keyframe_set_fields_fill_the_message(frames):
     pipe = RestorationPipeline(config(), "fusion")
     out = None

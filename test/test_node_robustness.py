@@ -318,7 +318,7 @@ def test_invalid_parameter_fails_at_startup_with_a_clear_message(tmp_path: Path)
 # -- load --------------------------------------------------------------------------------------
 def test_load_30hz_vga_with_slow_backend_bounded_memory_and_full_accounting(tmp_path: Path) -> None:
     base = target_rich_frames(12, 640, 480)
-    node, _ = start_node(tmp_path, control="sleep 0.25", latency_budget_s=1.0, queue_size=2)
+    node, _ = start_node(tmp_path, control="sleep 0.25", latency_budget_s=1.0, queue_size=2, num_views=4, num_views_under_load=2)
     period, duration = 1 / 30, 32.0
     rss: list[tuple[float, int]] = []
     try:
@@ -350,6 +350,8 @@ def test_load_30hz_vga_with_slow_backend_bounded_memory_and_full_accounting(tmp_
             assert probe.wait_for(drained, 15), latest_status(probe)
             st = latest_status(probe)
             got = len(probe.get("restored/image"))
+            restored_sets = [r.msg for r in probe.get("keyframe_set") if r.msg.outcome == KeyframeSet.OUTCOME_RESTORED]
+            _, _, values = wait_diag(probe, lambda level, msg, v: int(v["restored"]) == st.images_restored)
             assert node.alive()
         rc, dt = node.interrupt()
         assert rc == 0 and dt < 2.0, (rc, dt)
@@ -361,6 +363,11 @@ def test_load_30hz_vga_with_slow_backend_bounded_memory_and_full_accounting(tmp_
     # Targets arrive at ~10 Hz, the backend manages 4 Hz: some restored, the rest passed through.
     assert st.restoration_targets > 200 and st.images_restored > 50
     assert st.images_restored + st.images_passed_through == st.restoration_targets
+    # Targets wait behind the slow backend: most go to it with num_views_under_load views, the best of 4.
+    sizes = [len(k.views) for k in restored_sets]
+    fewer = int(values["targets_with_fewer_views"])
+    assert len(sizes) == st.images_restored and set(sizes) <= {2, 3, 4}, sizes
+    assert sizes.count(2) >= fewer - (st.restoration_targets - st.images_restored) and fewer > 0.5 * len(sizes), (fewer, sizes)
     # Memory: the second half's peak within 40 MB of the first half's (bounded queues, no leak).
     first = max(v for t, v in rss if t < duration / 2)
     second = max(v for t, v in rss if t >= duration / 2)

@@ -352,24 +352,31 @@ class RestorationPipeline:
         return ring | {int(x) for x in self.buffer.snapshot().stamps_ns}
 
     # -- restore -----------------------------------------------------------------
-    def select(self, decision: FrameDecision) -> ViewSelection:
-        """The view set :meth:`restore` would use for ``decision``'s frame."""
+    def select(self, decision: FrameDecision, num_views: int | None = None) -> ViewSelection:
+        """The view set :meth:`restore` would use for ``decision``'s frame.
+
+        ``num_views`` (default ``config.num_views``) bounds the set: the greedy
+        selection stops early, so a smaller set holds the best partners of a larger one."""
+        n = self.config.num_views if num_views is None else num_views
         snap = self.buffer.snapshot()
         with self._lock:
             ring = list(self._ring) if self.config.partner_ring > 0 else []
         if not ring:
-            return select_views(decision.frame, snap, self.config.num_views, self.config.selection)
+            return select_views(decision.frame, snap, n, self.config.selection)
         candidates = sorted([*snap.keyframes, *ring], key=lambda k: k.stamp_ns)
-        return select_views(decision.frame, candidates, self.config.num_views, self.config.selection)
+        return select_views(decision.frame, candidates, n, self.config.selection)
 
-    def restore(self, decision: FrameDecision, restorer: Restorer | None = None) -> RestorationOutcome:
+    def restore(self, decision: FrameDecision, restorer: Restorer | None = None, num_views: int | None = None) -> RestorationOutcome:
         """Restore a target (or pass a non-target through); thread-safe, never raises
-        on backend failure (reason ``backend_error``, ``error`` set)."""
+        on backend failure (reason ``backend_error``, ``error`` set).
+
+        ``num_views`` restores with fewer views than ``config.num_views`` (a
+        node under load: each partner costs an alignment)."""
         backend = restorer or self.restorer
         frame = decision.frame
         if not decision.is_target:
             return self._passed(decision, [frame], [1.0], [decision.sharpness], decision.reason, backend)
-        sel = self.select(decision)
+        sel = self.select(decision, num_views)
         views, overlaps = list(sel.views), list(sel.overlaps)
         before = [decision.sharpness] + [k.sharpness for k in sel.partners]
         if len(views) < 2:

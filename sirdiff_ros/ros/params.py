@@ -103,6 +103,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("sharpness_weight", _PC.sharpness_weight, "Weight of partner sharpness against overlap when choosing partners.", min=0.0, max=1.0, group="keyframes"),
     ParamSpec("latency_budget_s", 1.0, "stream mode: a target not restored this long after arrival is published as the original (latency_budget).", min=0.0, max=3600.0, read_only=False, group="restoration"),
     ParamSpec("queue_size", 2, "Restoration targets waiting for the worker.", min=1, max=100, group="restoration"),
+    ParamSpec("num_views_under_load", 3, "Views (target + partners) of a target restored while other targets wait for a worker: each partner costs an alignment, so fewer of them restore more targets instead of passing them through (queue_full); the best partners of the full set are kept. 0: always num_views.", min=0, max=16, read_only=False, group="restoration"),
     ParamSpec("worker_threads", 2, "Targets restored at once by a backend that takes parallel calls (fusion); model backends use one.", min=1, max=16, group="restoration"),
     ParamSpec("drop_policy", "drop_oldest", "When the worker queue is full: drop_oldest (the waiting target is passed through) or drop_newest.", choices=("drop_oldest", "drop_newest"), read_only=False, group="restoration"),
     ParamSpec("max_pending_output", 64, "stream mode: images held behind a pending target; beyond it the oldest target is passed through.", min=1, max=10000, group="restoration"),

@@ -246,7 +246,8 @@ def target_rich_frames(n: int, width: int, height: int, seed: int = 3, blur_ever
 
     The others carry their sharp ground truth, so the blur gate reliably picks
     the blurred ones as restoration targets: a predictable load for the node
-    (tests, benchmark). ``extras['blurred']`` marks them.
+    (tests, benchmark). ``extras['blurred']`` marks them; ``extras['sharp']``
+    is every frame's ground truth.
     """
     import dataclasses
 
@@ -259,5 +260,5 @@ def target_rich_frames(n: int, width: int, height: int, seed: int = 3, blur_ever
         blurred = blur_every > 0 and i % blur_every == blur_every - 1
         sharp = f.extras["sharp"]
         image = cv2.blur(sharp, (blur_px, 1)) if blurred else sharp
-        frames.append(dataclasses.replace(f, image=image, extras={"blurred": blurred}))
+        frames.append(dataclasses.replace(f, image=image, extras={"blurred": blurred, "sharp": sharp}))
     return frames

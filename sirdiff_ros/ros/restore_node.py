@@ -610,7 +610,7 @@ class RestoreNode(LifecycleNode):
             # Would miss its budget anyway: release the stream now instead of at the deadline.
             self.sequencer.resolve(job.seq, self._passed_through(job.src, PassReason.LATENCY_BUDGET))
             return
-        outcome = pipeline.restore(job.decision)
+        outcome = pipeline.restore(job.decision, num_views=self._views_under_load(worker))
         self.stats.on_restore_call(outcome.latency_s * 1e3, outcome.error)
         if outcome.error is None:
             # Smoothed restore-call time, for the check above.
@@ -624,6 +624,14 @@ class RestoreNode(LifecycleNode):
         out = _Output(job.src, msg, target=True, restored=outcome.restored, reason=outcome.reason)
         out.keyframe_set = outcome.keyframe_set_fields()
         self.sequencer.resolve(job.seq, out)
+
+    def _views_under_load(self, worker: RestoreWorker[_Job]) -> int | None:
+        """``num_views_under_load`` while other targets wait for a worker, else None (``num_views``)."""
+        n = self.cfg["num_views_under_load"]
+        if 0 < n < self.cfg["num_views"] and worker.depth > 0:
+            self.stats.on_fewer_views()
+            return n
+        return None
 
     def _on_job_dropped(self, job: _Job) -> None:
         self.sequencer.resolve(job.seq, self._passed_through(job.src, PassReason.QUEUE_FULL))
@@ -754,6 +762,7 @@ class RestoreNode(LifecycleNode):
             "restored": str(snap.restored),
             "passed_through": str(snap.passed_through),
             "dropped_total": str(snap.dropped_total),
+            "targets_with_fewer_views": str(snap.fewer_views),
             "time_jumps": str(snap.time_jumps),
             "last_error": snap.last_error,
         }

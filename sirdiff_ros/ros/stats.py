@@ -43,6 +43,7 @@ class StatsSnapshot:
     extra: dict[str, str] = field(default_factory=dict)
     pose_sources: dict[str, int] = field(default_factory=dict)  # images admitted per pose source
     depth_images: dict[str, int] = field(default_factory=dict)  # with depth_topic: images admitted with / without one
+    fewer_views: int = 0  # targets restored with num_views_under_load views
 
     @property
     def dropped_total(self) -> int:
@@ -99,6 +100,7 @@ class NodeStats:
         self.time_jumps = 0
         self.pose_sources: Counter[str] = Counter()
         self.depth_images: Counter[str] = Counter()
+        self.fewer_views = 0
         self._backend_failing = False
         # Problems since the previous snapshot decide WARN.
         self._drops_at_snapshot = 0
@@ -152,6 +154,11 @@ class NodeStats:
                 self.passthrough_reasons[reason or "unknown"] += 1
             if end_to_end_ms is not None:
                 self._e2e.append(end_to_end_ms)
+
+    def on_fewer_views(self) -> None:
+        """A target goes to the backend with fewer views than num_views (other targets wait)."""
+        with self._lock:
+            self.fewer_views += 1
 
     def on_restore_call(self, latency_ms: float, error: BaseException | None) -> None:
         """The backend returned (``error`` None) or failed."""
@@ -209,4 +216,5 @@ class NodeStats:
                 time_jumps=self.time_jumps,
                 pose_sources=dict(self.pose_sources),
                 depth_images=dict(self.depth_images),
+                fewer_views=self.fewer_views,
             )
