@@ -91,3 +91,30 @@ def test_bad_inputs_raise_clear_errors():
         overlap_fraction(p, K, p, K, grid=(0, 4))
     d = inverse_depth_samples((1.0, 4.0), 3)
     assert np.all(np.diff(1.0 / d) < 0) and 1.0 < d.min() and d.max() < 4.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, grid", [((480, 640), (16, 12)), ((120, 160), (8, 6)), ((100, 130), (16, 12))])
+def test_cell_depth_is_numpys_nanmedian_of_each_cell(dtype: type, shape: tuple[int, int], grid: tuple[int, int]) -> None:
+    """The per-cell depth of a target's grid: the median of the cell's valid depths, as
+    numpy's nanmedian gives it in float64 (ties, holes, NaN, inf, negative, empty cells)."""
+    from sirdiff_ros.core.overlap import _cell_medians
+
+    rng = np.random.default_rng(7)
+    h, w = shape
+    gw, gh = grid
+    depth = np.round(rng.uniform(0.3, 12.0, shape), 1).astype(dtype)  # rounded: many ties
+    holes = rng.random(shape)
+    depth[holes < 0.05] = 0.0
+    depth[(holes >= 0.05) & (holes < 0.07)] = np.nan
+    depth[(holes >= 0.07) & (holes < 0.08)] = np.inf
+    depth[(holes >= 0.08) & (holes < 0.09)] = -1.0
+    depth[: h // gh, : w // gw] = 0.0  # one cell without depth
+    depth[h // gh : 2 * h // gh, : w // gw] = 2.5  # one cell of equal depths
+    ys, xs = np.linspace(0, h, gh + 1).astype(int), np.linspace(0, w, gw + 1).astype(int)
+    d = np.where(np.isfinite(depth) & (depth > 0), depth, np.nan).astype(np.float64)
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):  # the empty cell
+        expected = [np.nanmedian(d[ys[r] : ys[r + 1], xs[c] : xs[c + 1]]) for r in range(gh) for c in range(gw)]
+    got = _cell_medians(depth, gw, gh)
+    assert got.dtype == np.float64 and np.isnan(got[0]) and got[gw] == 2.5
+    np.testing.assert_array_equal(got, np.array(expected))

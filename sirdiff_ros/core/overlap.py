@@ -133,16 +133,29 @@ def _prior_grid(
 
 
 def _cell_medians(depth: np.ndarray, gw: int, gh: int) -> np.ndarray:
-    """Median valid depth per grid cell, NaN where a cell has none. (G,)"""
+    """Median valid depth per grid cell, NaN where a cell has none. (G,)
+
+    The value is numpy's ``nanmedian`` of the cell in float64, bit for bit."""
     h, w = depth.shape
-    d = np.where(np.isfinite(depth) & (depth > 0), depth, np.nan).astype(np.float64)
+    d = np.where(np.isfinite(depth) & (depth > 0), depth, np.nan)
+    if h % gh == 0 and w % gw == 0:
+        # Float32 depth stays float32 for the sort (half the memory; the order is the same).
+        d = d if d.dtype == np.float32 else d.astype(np.float64)
+        # (H, W) -> (gh, H/gh, gw, W/gw) -> (gh, gw, cell pixels)
+        blocks = d.reshape(gh, h // gh, gw, w // gw).transpose(0, 2, 1, 3).reshape(gh * gw, -1)
+        n = blocks.shape[1] - np.isnan(blocks).sum(axis=1)  # valid pixels per cell
+        out = np.full(gh * gw, np.nan)
+        cells = np.flatnonzero(n)
+        if cells.size:
+            s = np.sort(blocks[cells], axis=1)  # NaN last: a cell's valid depths come first
+            k, rows = n[cells], np.arange(cells.size)
+            # The mean of the two middle values (one value twice for an odd count), in float64.
+            out[cells] = (s[rows, (k - 1) // 2].astype(np.float64) + s[rows, k // 2].astype(np.float64)) / 2
+        return out
+    d = d.astype(np.float64)
     with warnings.catch_warnings():
         # nanmedian warns on all-NaN cells; those are expected (no depth) and give NaN.
         warnings.simplefilter("ignore", RuntimeWarning)
-        if h % gh == 0 and w % gw == 0:
-            # (H, W) -> (gh, H/gh, gw, W/gw) -> (gh, gw, cell pixels)
-            blocks = d.reshape(gh, h // gh, gw, w // gw).transpose(0, 2, 1, 3).reshape(gh * gw, -1)
-            return np.nanmedian(blocks, axis=1)
         ys = np.linspace(0, h, gh + 1).astype(int)
         xs = np.linspace(0, w, gw + 1).astype(int)
         return np.array(
