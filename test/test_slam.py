@@ -259,7 +259,10 @@ def test_orbslam_mono_tracks_the_sharp_renders_of_a_slam_preset_sequence(small_v
     assert run.error == ""
     m = slam_metrics(run, {f.stamp_ns: f.pose for f in frames})
     assert m["tracked_fraction"] >= 0.95 and m["first_tracked_frame"] <= 5 and m["map_resets"] == 0
-    assert m["ate_rmse_m"] < 0.03
+    # 0.013-0.018 m on a quiet machine and next to one busy process (10 runs), 0.031 m once
+    # with three busy processes: ORB-SLAM3's local mapping thread then optimises less. A
+    # wrong scale or alignment is off by tenths of the 1.4 m path.
+    assert m["ate_rmse_m"] < 0.05
 
 
 def test_orbslam_child_failure_is_reported_not_raised(tmp_path: Path) -> None:
