@@ -61,6 +61,29 @@ def test_recent_sharpness_is_the_newest_keyframes_before_an_index():
     assert buf.recent_sharpness(0).size == 0
 
 
+def test_a_snapshot_merged_with_other_frames_is_the_snapshot_of_all_in_stamp_order():
+    """Selection merges the buffer with recent frames it did not admit (the partner ring)."""
+    from sirdiff_ros.core.keyframes import Keyframe, KeyframeSnapshot
+
+    buf = KeyframeBuffer(KeyframeConfig(max_keyframes=5, min_translation=0.1))
+    ring = []
+    for i in range(12):
+        f = frame(100 * i, x=0.07 * i, yaw_deg=2.0 * i)
+        adm = buf.consider(f, sharpness=float(i))
+        if not adm.admitted:
+            ring.append(Keyframe(f, float(i), -1, f.image.nbytes))
+    snap = buf.snapshot()
+    assert len(snap) == 5 and len(ring) >= 3  # evictions happened: the buffer's ring arrays wrapped
+    merged = snap.merged(ring)
+    expected = KeyframeSnapshot.build(sorted([*snap.keyframes, *ring], key=lambda k: k.stamp_ns))
+    assert merged.keyframes == expected.keyframes and merged.nbytes == expected.nbytes
+    for name in ("sharpness", "stamps_ns", "positions"):
+        np.testing.assert_array_equal(getattr(merged, name), getattr(expected, name))
+    for name in ("R_cw", "t_cw", "k"):
+        np.testing.assert_array_equal(getattr(merged.cameras, name), getattr(expected.cameras, name))
+    assert snap.merged([]) is snap
+
+
 def test_eviction_is_oldest_first_and_bounded_by_count():
     buf = KeyframeBuffer(KeyframeConfig(max_keyframes=3, min_translation=0.01))
     evicted = []

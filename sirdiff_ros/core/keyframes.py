@@ -148,6 +148,27 @@ class KeyframeSnapshot:
             nbytes=sum(k.nbytes for k in kfs),
         )
 
+    def merged(self, others: Sequence[Keyframe]) -> KeyframeSnapshot:
+        """This snapshot and ``others`` in one, in stamp order (stable: ours first on a tie).
+
+        Only ``others`` are stacked anew; the snapshot's arrays are reused."""
+        if not others:
+            return self
+        add = KeyframeSnapshot.build(others)
+        order = np.argsort(np.concatenate([self.stamps_ns, add.stamps_ns]), kind="stable")
+        kfs = self.keyframes + add.keyframes
+        a, b = self.cameras, add.cameras
+        return KeyframeSnapshot(
+            keyframes=tuple(kfs[i] for i in order),
+            cameras=CameraStack(
+                np.concatenate([a.R_cw, b.R_cw])[order], np.concatenate([a.t_cw, b.t_cw])[order], np.concatenate([a.k, b.k])[order]
+            ),
+            sharpness=np.concatenate([self.sharpness, add.sharpness])[order],
+            stamps_ns=np.concatenate([self.stamps_ns, add.stamps_ns])[order],
+            positions=np.concatenate([self.positions, add.positions])[order],
+            nbytes=self.nbytes + add.nbytes,
+        )
+
 
 class KeyframeBuffer:
     """Bounded, thread-safe keyframe store (see the module docstring)."""

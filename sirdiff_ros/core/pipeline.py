@@ -361,10 +361,7 @@ class RestorationPipeline:
         snap = self.buffer.snapshot()
         with self._lock:
             ring = list(self._ring) if self.config.partner_ring > 0 else []
-        if not ring:
-            return select_views(decision.frame, snap, n, self.config.selection)
-        candidates = sorted([*snap.keyframes, *ring], key=lambda k: k.stamp_ns)
-        return select_views(decision.frame, candidates, n, self.config.selection)
+        return select_views(decision.frame, snap.merged(ring), n, self.config.selection)
 
     def restore(self, decision: FrameDecision, restorer: Restorer | None = None, num_views: int | None = None) -> RestorationOutcome:
         """Restore a target (or pass a non-target through); thread-safe, never raises
