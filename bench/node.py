@@ -262,6 +262,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=1.0, help="latency_budget_s of the fusion run (the node's default)")
     ap.add_argument("--fusion-rate", type=float, default=30.0, help="input frame rate of the fusion run, Hz")
     ap.add_argument("--only-fusion", action="store_true")
+    ap.add_argument("--only-passthrough", action="store_true", help="the added latency alone (no fusion runs, no results file)")
     ap.add_argument("--worker-threads", type=int, default=None, help="the fusion run's worker_threads (default: the node's)")
     ap.add_argument("--views-under-load", type=int, default=None,
                     help="the fusion run's num_views_under_load (default: the node's; 0: always 4 views)")
@@ -276,6 +277,8 @@ def main() -> int:
         print("added latency, passthrough vs bare relay:", flush=True)
         added = bench_added_latency(msgs, args.seconds * 2, args.rate)
         print(json.dumps({k: v for k, v in added.items() if not isinstance(v, dict)}), flush=True)
+    if args.only_passthrough:
+        return 0
     runs = {"without": [False], "with": [True], "both": [False, True]}[args.fusion_depth]
     fusion: dict[str, Any] = {}
     for with_depth in runs:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
+from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CameraInfo, Image
 
 from sirdiff_ros.msg import KeyframeSet, RestoreStatus
@@ -144,6 +145,7 @@ def _malformed(frame: Any, last_ns: int) -> list[tuple[str, str, Any]]:
     out.append(("image", "step_mismatch", image(3, step=img.width)))  # rgb8 declared, mono step
     out.append(("image", "size_mismatch", image(4, data=bytes(img.data)[: n // 2])))  # truncated
     out.append(("image", "zero_size", image(5, width=0, step=0, data=b"")))
+    out.append(("image", "bad_message", serialize_message(image(5.5))[:40]))  # bytes that are no Image (truncated)
     out.append(("image", "too_large", image(6, height=img.height * 2, width=img.width * 2, step=img.step * 2, data=bytes(4 * n))))
     out.append(("image", "stamp_backwards", image(-30)))  # earlier than the valid image just sent
     out.append(("image", "duplicate_stamp", image(0)))

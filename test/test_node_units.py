@@ -331,6 +331,36 @@ def test_conversions_round_trip_and_classify() -> None:
     assert e.value.kind == "bad_camera_info"
 
 
+def test_a_serialized_image_is_read_like_an_image_and_kept_byte_for_byte() -> None:
+    """The node takes images serialized: the fields it reads are the message's, and an
+    image that goes out unchanged is the bytes that came."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import Image
+
+    from sirdiff_ros.core.image_codec import encode_image
+    from sirdiff_ros.ros.convert import InputRejected, image_from_msg, image_typestore, output_image_msg, parse_serialized_image
+
+    types = image_typestore()
+    rng = np.random.default_rng(1)
+    for encoding, shape in (("rgb8", (5, 7, 3)), ("bgr8", (6, 8, 3)), ("mono8", (3, 9)), ("rgba8", (4, 5, 4))):
+        rgb = rng.integers(0, 255, shape, dtype=np.uint8)
+        src = Image(height=shape[0], width=shape[1], encoding=encoding)
+        src.header.frame_id, src.header.stamp.sec, src.header.stamp.nanosec = "camera_optical", -3, 999_999_999
+        src.step, src.data = encode_image(rgb[..., ::-1] if encoding == "bgr8" else rgb, encoding)
+        raw = serialize_message(src)
+        got = parse_serialized_image(raw, types)
+        assert got.serialized is raw and deserialize_message(got.serialized, Image) == src
+        assert got.header == src.header and type(got.header) is type(src.header)
+        assert (got.height, got.width, got.encoding, got.step, got.is_bigendian) == (src.height, src.width, encoding, src.step, 0)
+        assert np.array_equal(image_from_msg(got, 1000), image_from_msg(src, 1000))
+        out = output_image_msg(got, 255 - image_from_msg(got, 1000))  # a restored image: a new message, same header
+        assert isinstance(out, Image) and out.header == src.header and out.encoding == encoding
+    for bad in (raw[:30], b"", bytes(64)):
+        with pytest.raises(InputRejected) as e:
+            parse_serialized_image(bad, types)
+        assert e.value.kind == "bad_message"
+
+
 def test_keyframe_set_fields_fill_the_message() -> None:
     from sirdiff_ros.core.pipeline import PipelineConfig, RestorationPipeline
     from sirdiff_ros.msg import KeyframeSet, ViewInfo

@@ -9,6 +9,7 @@ that the node counts and logs.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,9 @@ __all__ = [
     "camera_info_to_intrinsics",
     "pose_from_msg",
     "image_from_msg",
+    "SerializedImage",
+    "image_typestore",
+    "parse_serialized_image",
     "depth_from_msg",
     "output_image_msg",
     "fill_message",
@@ -81,6 +85,47 @@ def image_from_msg(msg: Any, max_pixels: int) -> np.ndarray:
     return to_rgb8(arr, msg.encoding)
 
 
+@dataclass
+class SerializedImage:
+    """A ``sensor_msgs/Image`` taken serialized: its fields, and the bytes to republish as they came.
+
+    rclpy's own deserialization copies the pixels into a Python array and
+    publishing copies them back (0.6 + 0.14 ms at 640x480 rgb8); an image the
+    node passes on unchanged needs neither. ``header`` is an rclpy
+    ``std_msgs/Header`` (the outputs share it); ``data`` the pixel bytes (uint8).
+    """
+
+    serialized: bytes
+    header: Any
+    height: int
+    width: int
+    encoding: str
+    is_bigendian: int
+    step: int
+    data: np.ndarray
+
+
+def image_typestore() -> Any:
+    """The rosbags typestore :func:`parse_serialized_image` reads with (built once per node)."""
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+def parse_serialized_image(serialized: bytes, typestore: Any) -> SerializedImage:
+    """A :class:`SerializedImage` from a raw subscription's CDR bytes; :class:`InputRejected`
+    (``bad_message``) when they are not a ``sensor_msgs/Image``."""
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    try:
+        m = typestore.deserialize_cdr(serialized, "sensor_msgs/msg/Image")
+    except Exception as exc:  # noqa: BLE001 - rosbags raises struct, index and value errors on bad bytes
+        raise InputRejected(DropReason.BAD_MESSAGE, f"{len(serialized)} bytes are not a sensor_msgs/Image: {exc!r}") from exc
+    header = Header(stamp=Time(sec=m.header.stamp.sec, nanosec=m.header.stamp.nanosec), frame_id=m.header.frame_id)
+    return SerializedImage(serialized, header, m.height, m.width, m.encoding, m.is_bigendian, m.step, m.data)
+
+
 def depth_from_msg(msg: Any, max_pixels: int) -> np.ndarray:
     """Metric depth, float32 metres (0 invalid), from 32FC1 (m) or 16UC1/mono16 (mm)."""
     arr = decode_image_msg(msg, max_pixels=max_pixels)
@@ -93,11 +138,14 @@ def depth_from_msg(msg: Any, max_pixels: int) -> np.ndarray:
 
 
 def output_image_msg(template: Any, rgb: np.ndarray) -> Any:
-    """A new Image like ``template`` (same header, encoding, size) carrying ``rgb``.
+    """A new Image like ``template`` (an Image or a :class:`SerializedImage`: same header,
+    encoding, size) carrying ``rgb``.
 
     ``rgb`` is the core's layout; it is converted back to the input's encoding.
     """
-    out = type(template)()
+    from sensor_msgs.msg import Image
+
+    out = Image()
     out.header = template.header
     out.height, out.width = int(rgb.shape[0]), int(rgb.shape[1])
     out.encoding = template.encoding

@@ -58,8 +58,11 @@ from .convert import (
     camera_info_to_intrinsics,
     depth_from_msg,
     fill_message,
+    SerializedImage,
     image_from_msg,
+    image_typestore,
     output_image_msg,
+    parse_serialized_image,
     pose_from_msg,
     stamp_to_ns,
 )
@@ -171,6 +174,7 @@ class RestoreNode(LifecycleNode):
         self._input_subs: list[Any] = []
         self._active_timers: list[Any] = []
         self._call_s: float | None = None  # smoothed duration of successful restore calls
+        self._image_types = image_typestore()  # reads serialized input images
         self._seq = 0
         self.sequencer = OutputSequencer(self._emit, self.cfg["max_pending_output"])
         self._reset_association()
@@ -229,7 +233,8 @@ class RestoreNode(LifecycleNode):
             image_topic += "/compressed"
             subs = [self.create_subscription(CompressedImage, image_topic, self._on_compressed, in_qos)]
         else:
-            subs = [self.create_subscription(Image, image_topic, self._on_image, in_qos)]
+            # Taken serialized: an image that goes out unchanged is republished as the bytes that came.
+            subs = [self.create_subscription(Image, image_topic, self._on_image, in_qos, raw=True)]
         subs.append(self.create_subscription(CameraInfo, c["camera_info_topic"], self._on_camera_info, in_qos))
         pose_cls = PoseStamped if c["pose_type"] == "pose_stamped" else Odometry
         subs.append(self.create_subscription(pose_cls, c["pose_topic"], self._on_pose, in_qos))
@@ -349,12 +354,13 @@ class RestoreNode(LifecycleNode):
                 self.worker.policy = change.value
 
     # -- inputs (executor thread; compressed images: decoder thread) ---------------------
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, serialized: bytes) -> None:
         self.stats.on_received()
         now = time.monotonic()
         try:
+            msg = parse_serialized_image(serialized, self._image_types)
             image = image_from_msg(msg, self.cfg["max_image_pixels"])
-        except ImageDecodeError as exc:
+        except (InputRejected, ImageDecodeError) as exc:
             return self._drop(exc.kind, f"image rejected: {exc}")
         self._accept_image(msg, image, now)
 
@@ -379,8 +385,8 @@ class RestoreNode(LifecycleNode):
     def _on_decode_crash(self, item: _Compressed, exc: BaseException) -> None:
         self._drop(DropReason.BAD_COMPRESSED, f"decoding crashed: {exc!r}")
 
-    def _accept_image(self, msg: Image, image: Any, arrival: float) -> None:
-        """A decoded image (raw Image message with its array) enters association."""
+    def _accept_image(self, msg: Image | SerializedImage, image: Any, arrival: float) -> None:
+        """A decoded image (its raw Image message and its array) enters association."""
         c = self.cfg
         if c["expected_frame_id"] and msg.header.frame_id != c["expected_frame_id"]:
             return self._drop(DropReason.WRONG_FRAME_ID, f"image frame_id {msg.header.frame_id!r} is not {c['expected_frame_id']!r}")
@@ -657,7 +663,8 @@ class RestoreNode(LifecycleNode):
     def _emit(self, out: _Output) -> None:
         if self._closed:
             return
-        self.pub_image.publish(out.image_msg)
+        msg = out.image_msg
+        self.pub_image.publish(msg.serialized if isinstance(msg, SerializedImage) else msg)
         self.pub_info.publish(out.src.info)
         e2e_ms = (time.monotonic() - out.src.arrival) * 1e3
         if out.target:
