@@ -89,9 +89,8 @@ def image_from_msg(msg: Any, max_pixels: int) -> np.ndarray:
 class SerializedImage:
     """A ``sensor_msgs/Image`` taken serialized: its fields, and the bytes to republish as they came.
 
-    rclpy's own deserialization copies the pixels into a Python array and
-    publishing copies them back (0.6 + 0.14 ms at 640x480 rgb8); an image the
-    node passes on unchanged needs neither. ``header`` is an rclpy
+    An image the node passes on unchanged goes out as ``serialized``, byte for
+    byte and without serializing it again. ``header`` is an rclpy
     ``std_msgs/Header`` (the outputs share it); ``data`` the pixel bytes (uint8).
     """
 

@@ -55,10 +55,10 @@ from . import params as P
 from .association import ApproxTimeSync, nearest_within
 from .convert import (
     InputRejected,
+    SerializedImage,
     camera_info_to_intrinsics,
     depth_from_msg,
     fill_message,
-    SerializedImage,
     image_from_msg,
     image_typestore,
     output_image_msg,
