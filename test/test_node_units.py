@@ -338,9 +338,10 @@ def test_a_serialized_image_is_read_like_an_image_and_kept_byte_for_byte() -> No
     from sensor_msgs.msg import Image
 
     from sirdiff_ros.core.image_codec import encode_image
-    from sirdiff_ros.ros.convert import InputRejected, image_from_msg, image_typestore, output_image_msg, parse_serialized_image
+    from sirdiff_ros.interfaces import make_typestore
+    from sirdiff_ros.ros.convert import InputRejected, image_from_msg, output_image_msg, parse_serialized_image
 
-    types = image_typestore()
+    types = make_typestore()
     rng = np.random.default_rng(1)
     for encoding, shape in (("rgb8", (5, 7, 3)), ("bgr8", (6, 8, 3)), ("mono8", (3, 9)), ("rgba8", (4, 5, 4))):
         rgb = rng.integers(0, 255, shape, dtype=np.uint8)

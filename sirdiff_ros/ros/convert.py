@@ -26,7 +26,6 @@ __all__ = [
     "pose_from_msg",
     "image_from_msg",
     "SerializedImage",
-    "image_typestore",
     "parse_serialized_image",
     "depth_from_msg",
     "output_image_msg",
@@ -104,15 +103,9 @@ class SerializedImage:
     data: np.ndarray
 
 
-def image_typestore() -> Any:
-    """The rosbags typestore :func:`parse_serialized_image` reads with (built once per node)."""
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.ROS2_KILTED)
-
-
 def parse_serialized_image(serialized: bytes, typestore: Any) -> SerializedImage:
-    """A :class:`SerializedImage` from a raw subscription's CDR bytes; :class:`InputRejected`
+    """A :class:`SerializedImage` from a raw subscription's CDR bytes, read with a rosbags
+    ``typestore`` (:func:`sirdiff_ros.interfaces.make_typestore`); :class:`InputRejected`
     (``bad_message``) when they are not a ``sensor_msgs/Image``."""
     from builtin_interfaces.msg import Time
     from std_msgs.msg import Header

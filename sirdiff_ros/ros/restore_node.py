@@ -50,6 +50,7 @@ from ..core.image_codec import ImageDecodeError, decode_compressed, encode_image
 from ..core.pipeline import RestorationPipeline
 from ..core.reasons import DropReason, Outcome, PassReason
 from ..core.restorers import create_restorer
+from ..interfaces import make_typestore
 from ..msg import KeyframeSet, RestoreStatus, ViewInfo
 from . import params as P
 from .association import ApproxTimeSync, nearest_within
@@ -60,7 +61,6 @@ from .convert import (
     depth_from_msg,
     fill_message,
     image_from_msg,
-    image_typestore,
     output_image_msg,
     parse_serialized_image,
     pose_from_msg,
@@ -174,7 +174,7 @@ class RestoreNode(LifecycleNode):
         self._input_subs: list[Any] = []
         self._active_timers: list[Any] = []
         self._call_s: float | None = None  # smoothed duration of successful restore calls
-        self._image_types = image_typestore()  # reads serialized input images
+        self._image_types = make_typestore()  # reads serialized input images
         self._seq = 0
         self.sequencer = OutputSequencer(self._emit, self.cfg["max_pending_output"])
         self._reset_association()
