@@ -217,6 +217,8 @@ def bench_fusion(msgs: list[tuple[Any, ...]], frames: list[Any], seconds: float,
     finally:
         proc.close()
     restored = [k for k in sets if k.outcome == KeyframeSet.OUTCOME_RESTORED]
+    restored_stamps = {stamp_to_ns(k.header.stamp) for k in restored}
+    restored_gains = [g for stamp, g in gains.items() if stamp in restored_stamps]
     reasons: dict[str, int] = {}
     for k in sets:
         if k.outcome != KeyframeSet.OUTCOME_RESTORED:
@@ -242,8 +244,7 @@ def bench_fusion(msgs: list[tuple[Any, ...]], frames: list[Any], seconds: float,
         "restored_by_views": {str(n): views.count(n) for n in sorted(set(views), reverse=True)},
         # Over every target (a target passed through gains 0 dB), and over the restored ones.
         "psnr_gain_db_mean_targets": round(float(np.mean(list(gains.values()))), 3) if gains else None,
-        "psnr_gain_db_mean_restored": round(float(np.mean([gains[stamp_to_ns(k.header.stamp)] for k in restored
-                                                           if stamp_to_ns(k.header.stamp) in gains])), 3) if restored else None,
+        "psnr_gain_db_mean_restored": round(float(np.mean(restored_gains)), 3) if restored_gains else None,
         "restore_call_ms_p50": round(float(np.percentile(call, 50)), 1) if call.size else None,
         "restore_call_ms_p90": round(float(np.percentile(call, 90)), 1) if call.size else None,
         "target_arrival_to_publish_ms_p50": round(float(np.percentile(target_e2e, 50)), 1) if call.size else None,

@@ -43,7 +43,7 @@ class StatsSnapshot:
     extra: dict[str, str] = field(default_factory=dict)
     pose_sources: dict[str, int] = field(default_factory=dict)  # images admitted per pose source
     depth_images: dict[str, int] = field(default_factory=dict)  # with depth_topic: images admitted with / without one
-    fewer_views: int = 0  # targets restored with num_views_under_load views
+    fewer_views: int = 0  # targets sent to the backend with num_views_under_load views
 
     @property
     def dropped_total(self) -> int:
