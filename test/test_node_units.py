@@ -341,7 +341,6 @@ def test_a_serialized_image_is_read_like_an_image_and_kept_byte_for_byte() -> No
     from sirdiff_ros.interfaces import make_typestore
     from sirdiff_ros.ros.convert import InputRejected, image_from_msg, output_image_msg, parse_serialized_image
 
-    types = make_typestore()
     rng = np.random.default_rng(1)
     for encoding, shape in (("rgb8", (5, 7, 3)), ("bgr8", (6, 8, 3)), ("mono8", (3, 9)), ("rgba8", (4, 5, 4))):
         rgb = rng.integers(0, 255, shape, dtype=np.uint8)
@@ -349,17 +348,31 @@ def test_a_serialized_image_is_read_like_an_image_and_kept_byte_for_byte() -> No
         src.header.frame_id, src.header.stamp.sec, src.header.stamp.nanosec = "camera_optical", -3, 999_999_999
         src.step, src.data = encode_image(rgb[..., ::-1] if encoding == "bgr8" else rgb, encoding)
         raw = serialize_message(src)
-        got = parse_serialized_image(raw, types)
+        got = parse_serialized_image(raw)
         assert got.serialized is raw and deserialize_message(got.serialized, Image) == src
         assert got.header == src.header and type(got.header) is type(src.header)
         assert (got.height, got.width, got.encoding, got.step, got.is_bigendian) == (src.height, src.width, encoding, src.step, 0)
         assert np.array_equal(image_from_msg(got, 1000), image_from_msg(src, 1000))
         out = output_image_msg(got, 255 - image_from_msg(got, 1000))  # a restored image: a new message, same header
         assert isinstance(out, Image) and out.header == src.header and out.encoding == encoding
-    for bad in (raw[:30], b"", bytes(64)):
+    for bad in (raw[:30], raw[:-1], raw + b"\0", b"", bytes(64), b"\x00\x02" + raw[2:]):
         with pytest.raises(InputRejected) as e:
-            parse_serialized_image(bad, types)
+            parse_serialized_image(bad)
         assert e.value.kind == "bad_message"
+
+    # Every padding case of the two strings, either byte order: the fields rosbags reads.
+    store = make_typestore()
+    for frame_id_len in range(5):
+        for encoding in ("mono8", "rgb8", "bgra8", "16UC1"):
+            src = Image(height=2, width=3, encoding=encoding, is_bigendian=1, step=7)
+            src.header.frame_id, src.header.stamp.sec, src.header.stamp.nanosec = "f" * frame_id_len, 1_700_000_000, 5
+            src.data = rng.integers(0, 255, 14, dtype=np.uint8).tobytes()
+            msg = store.deserialize_cdr(serialize_message(src), "sensor_msgs/msg/Image")
+            for little_endian in (True, False):
+                got = parse_serialized_image(bytes(store.serialize_cdr(msg, "sensor_msgs/msg/Image", little_endian=little_endian)))
+                assert (got.header.stamp.sec, got.header.stamp.nanosec, got.header.frame_id) == (1_700_000_000, 5, "f" * frame_id_len)
+                assert (got.height, got.width, got.encoding, got.is_bigendian, got.step) == (2, 3, encoding, 1, 7)
+                assert got.data.tobytes() == src.data.tobytes() and not got.data.flags.writeable
 
 
 def test_keyframe_set_fields_fill_the_message() -> None:

@@ -126,6 +126,17 @@ class Pose:
         object.__setattr__(self, "rotation", R)
         object.__setattr__(self, "translation", t)
 
+    @classmethod
+    def _proper(cls, rotation: np.ndarray, translation: np.ndarray) -> Pose:
+        """A pose whose float64 rotation is proper by construction (from a unit quaternion,
+        or the product or transpose of such) and whose translation is finite: the
+        checks of ``__post_init__`` would cost more than the pose itself (the node builds
+        one per pose message)."""
+        pose = object.__new__(cls)
+        object.__setattr__(pose, "rotation", rotation)
+        object.__setattr__(pose, "translation", translation)
+        return pose
+
     # -- constructors -----------------------------------------------------
     @classmethod
     def identity(cls) -> Pose:
@@ -134,7 +145,10 @@ class Pose:
     @classmethod
     def from_quaternion(cls, translation: Sequence[float], quaternion_xyzw: Sequence[float]) -> Pose:
         """Build from ``t`` and a unit quaternion; rejects NaN and non-unit input."""
-        return cls(quaternion_to_matrix(normalize_quaternion(quaternion_xyzw)), np.asarray(translation, float))
+        t = np.asarray(translation, dtype=np.float64).reshape(3)
+        if not np.isfinite(t).all():
+            raise GeometryError("pose has non-finite values")
+        return cls._proper(quaternion_to_matrix(normalize_quaternion(quaternion_xyzw)), t)
 
     @classmethod
     def from_matrix(cls, T: np.ndarray) -> Pose:
@@ -158,10 +172,10 @@ class Pose:
     # -- algebra ------------------------------------------------------------
     def inverse(self) -> Pose:
         Rt = self.rotation.T
-        return Pose(Rt, -Rt @ self.translation)
+        return Pose._proper(Rt, -Rt @ self.translation)
 
     def __matmul__(self, other: Pose) -> Pose:
-        return Pose(self.rotation @ other.rotation, self.rotation @ other.translation + self.translation)
+        return Pose._proper(self.rotation @ other.rotation, self.rotation @ other.translation + self.translation)
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         """Apply to points of shape (..., 3)."""

@@ -50,7 +50,6 @@ from ..core.image_codec import ImageDecodeError, decode_compressed, encode_image
 from ..core.pipeline import RestorationPipeline
 from ..core.reasons import DropReason, Outcome, PassReason
 from ..core.restorers import create_restorer
-from ..interfaces import make_typestore
 from ..msg import KeyframeSet, RestoreStatus, ViewInfo
 from . import params as P
 from .association import ApproxTimeSync, nearest_within
@@ -174,7 +173,6 @@ class RestoreNode(LifecycleNode):
         self._input_subs: list[Any] = []
         self._active_timers: list[Any] = []
         self._call_s: float | None = None  # smoothed duration of successful restore calls
-        self._image_types = make_typestore()  # reads serialized input images
         self._seq = 0
         self.sequencer = OutputSequencer(self._emit, self.cfg["max_pending_output"])
         self._reset_association()
@@ -358,7 +356,7 @@ class RestoreNode(LifecycleNode):
         self.stats.on_received()
         now = time.monotonic()
         try:
-            msg = parse_serialized_image(serialized, self._image_types)
+            msg = parse_serialized_image(serialized)
             image = image_from_msg(msg, self.cfg["max_image_pixels"])
         except (InputRejected, ImageDecodeError) as exc:
             return self._drop(exc.kind, f"image rejected: {exc}")
