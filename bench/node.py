@@ -2,7 +2,7 @@
 
 1. Added latency in passthrough mode: one image/camera_info/pose stream goes
    at the same time to (a) a bare rclpy relay process (subscribe image,
-   publish it again) and (b) ``sirdiff-restore`` with backend ``passthrough``;
+   publish it again, as rclpy's Image messages) and (b) ``sirdiff-restore`` with backend ``passthrough``;
    latency is send -> receive of each output image in this process (one
    clock), compared frame by frame, so background load hits both alike;
    also split into the gate's targets (a KeyframeSet each) and other frames.
