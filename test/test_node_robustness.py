@@ -167,6 +167,8 @@ def _malformed(frame: Any, last_ns: int) -> list[tuple[str, str, Any]]:
         out.append(("pose", kind, _stamp(p, t + offset * ms)))
     back = copy.deepcopy(pose)
     out.append(("pose", "pose_stamp_backwards", _stamp(back, t - 60 * ms)))
+    # Bytes that are no CameraInfo (truncated): rejected, their image (if any) would wait in vain.
+    out.append(("camera_info", "camera_info_bad_message", serialize_message(_stamp(copy.deepcopy(info), t + 60 * ms))[:50]))
     return out
 
 
@@ -205,10 +207,10 @@ def test_bad_input_is_counted_logged_and_valid_frames_all_come_out(tmp_path: Pat
             ]
             st = latest_status(probe)
             drops = dict(zip(st.drop_reasons, st.drop_counts))
-            image_kinds = {k: v for k, v in expected.items() if not k.startswith("pose_")}
+            kinds = ("pose_non_finite", "pose_bad_quaternion", "pose_stamp_backwards", "camera_info_bad_message")
+            image_kinds = {k: v for k, v in expected.items() if k not in kinds}
             assert drops == image_kinds
             assert st.images_received == images_sent == st.images_published + st.dropped_total
-            kinds = ("pose_non_finite", "pose_bad_quaternion", "pose_stamp_backwards")
             _, _, values = wait_diag(probe, lambda _l, _m, v: all(v.get(f"rejected.{k}") == str(expected[k]) for k in kinds))
             for kind in kinds:
                 assert values[f"rejected.{kind}"] == str(expected[kind])

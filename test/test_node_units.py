@@ -355,10 +355,13 @@ def test_a_serialized_image_is_read_like_an_image_and_kept_byte_for_byte() -> No
         assert np.array_equal(image_from_msg(got, 1000), image_from_msg(src, 1000))
         out = output_image_msg(got, 255 - image_from_msg(got, 1000))  # a restored image: a new message, same header
         assert isinstance(out, Image) and out.header == src.header and out.encoding == encoding
-    for bad in (raw[:30], raw[:-1], raw + b"\0", b"", bytes(64), b"\x00\x02" + raw[2:]):
+    for bad in (raw[:30], raw[:-1], raw + bytes(4), b"", bytes(64), b"\x00\x02" + raw[2:]):
         with pytest.raises(InputRejected) as e:
             parse_serialized_image(bad)
         assert e.value.kind == "bad_message"
+    odd = Image(height=1, width=3, encoding="mono8", step=3, data=b"abc")
+    raw = serialize_message(odd)
+    assert len(raw) % 4 and parse_serialized_image(raw + bytes(-len(raw) % 4)).data.tobytes() == b"abc"  # DDS pads to 4
 
     # Every padding case of the two strings, either byte order: the fields rosbags reads.
     store = make_typestore()
@@ -373,6 +376,46 @@ def test_a_serialized_image_is_read_like_an_image_and_kept_byte_for_byte() -> No
                 assert (got.header.stamp.sec, got.header.stamp.nanosec, got.header.frame_id) == (1_700_000_000, 5, "f" * frame_id_len)
                 assert (got.height, got.width, got.encoding, got.is_bigendian, got.step) == (2, 3, encoding, 1, 7)
                 assert got.data.tobytes() == src.data.tobytes() and not got.data.flags.writeable
+
+
+def test_a_serialized_camera_info_is_read_like_the_message_and_republished_as_it_came() -> None:
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import CameraInfo
+    from std_msgs.msg import Header
+
+    from sirdiff_ros.interfaces import make_typestore
+    from sirdiff_ros.ros.convert import InputRejected, camera_info_to_intrinsics, parse_serialized_camera_info
+
+    store = make_typestore()
+    rng = np.random.default_rng(2)
+    # Every padding case before the float64 fields, either byte order.
+    for frame_id_len in range(5):
+        for model, n_d in (("", 0), ("plumb_bob", 5), ("rational_polynomial", 8), ("x", 1)):
+            src = CameraInfo(height=480, width=640, distortion_model=model, binning_x=2, binning_y=1)
+            src.header.frame_id, src.header.stamp.sec, src.header.stamp.nanosec = "c" * frame_id_len, 12, 345
+            src.d = rng.normal(size=n_d).tolist()
+            src.k = [500.0 + frame_id_len, 0.0, 320.5, 0.0, 501.0, 240.25, 0.0, 0.0, 1.0]
+            src.r, src.p = rng.normal(size=9).tolist(), rng.normal(size=12).tolist()
+            src.roi.x_offset, src.roi.width, src.roi.do_rectify = 3, 7, True
+            raw = serialize_message(src)
+            got = parse_serialized_camera_info(raw)
+            assert got.serialized is raw and got.header == src.header
+            assert (got.height, got.width, got.k) == (480, 640, tuple(src.k))
+            assert camera_info_to_intrinsics(got) == camera_info_to_intrinsics(src)
+            msg = store.deserialize_cdr(raw, "sensor_msgs/msg/CameraInfo")
+            for little_endian in (True, False):
+                other = bytes(store.serialize_cdr(msg, "sensor_msgs/msg/CameraInfo", little_endian=little_endian))
+                assert parse_serialized_camera_info(other).k == tuple(src.k)
+            # Beside an image with the same header: these bytes; with another one: the message, re-headed.
+            assert got.for_header(Header(stamp=src.header.stamp, frame_id=src.header.frame_id)) is raw
+            moved = got.for_header(Header(frame_id="image_frame"))
+            assert isinstance(moved, CameraInfo) and moved.header.frame_id == "image_frame"
+            moved.header = src.header
+            assert moved == deserialize_message(raw, CameraInfo)
+    for bad in (raw[:60], raw + bytes(4), b"", bytes(80), serialize_message(src.roi)):
+        with pytest.raises(InputRejected) as e:
+            parse_serialized_camera_info(bad)
+        assert e.value.kind == "bad_message"
 
 
 def test_keyframe_set_fields_fill_the_message() -> None:

@@ -9,7 +9,6 @@ that the node counts and logs.
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 from ..core.geometry import CameraIntrinsics, GeometryError, Pose
 from ..core.reasons import DropReason
 from ..core.image_codec import ImageDecodeError, decode_image_msg, encode_image, from_rgb8, to_rgb8
+from . import cdr
 
 __all__ = [
     "InputRejected",
@@ -28,6 +28,8 @@ __all__ = [
     "image_from_msg",
     "SerializedImage",
     "parse_serialized_image",
+    "SerializedCameraInfo",
+    "parse_serialized_camera_info",
     "depth_from_msg",
     "output_image_msg",
     "fill_message",
@@ -55,7 +57,8 @@ def ns_to_stamp_fields(ns: int) -> tuple[int, int]:
 
 
 def camera_info_to_intrinsics(info: Any) -> CameraIntrinsics:
-    """Pinhole intrinsics from ``sensor_msgs/CameraInfo.k``; rejects invalid calibrations."""
+    """Pinhole intrinsics from a ``sensor_msgs/CameraInfo`` (or a :class:`SerializedCameraInfo`): its ``k``,
+    width and height; rejects invalid calibrations."""
     try:
         return CameraIntrinsics.from_camera_info(list(info.k), int(info.width), int(info.height))
     except (GeometryError, ValueError) as exc:
@@ -105,62 +108,63 @@ class SerializedImage:
 
 
 def parse_serialized_image(serialized: bytes) -> SerializedImage:
-    """A :class:`SerializedImage` from a raw subscription's CDR bytes; :class:`InputRejected`
-    (``bad_message``) when they are not a ``sensor_msgs/Image``.
+    """A :class:`SerializedImage` from a raw subscription's CDR bytes (read by
+    :func:`sirdiff_ros.ros.cdr.read_image`: ``data`` is a read-only view of the
+    pixels in ``serialized``); :class:`InputRejected` (``bad_message``) when they
+    are not a ``sensor_msgs/Image``."""
+    try:
+        f = cdr.read_image(serialized)
+    except cdr.READ_ERRORS as exc:
+        raise InputRejected(DropReason.BAD_MESSAGE, f"{len(serialized)} bytes are not a sensor_msgs/Image: {exc}") from exc
+    data = np.frombuffer(serialized, np.uint8, f.data_size, f.data_offset)
+    return SerializedImage(serialized, _header(f.sec, f.nanosec, f.frame_id), f.height, f.width, f.encoding,
+                           f.is_bigendian, f.step, data)
 
-    Read field by field with ``struct``: the pixels stay in ``serialized`` (``data``
-    is a read-only view of them) and no message object is built for them. A
-    general deserializer (rosbags') takes ten times as long per frame.
+
+@dataclass
+class SerializedCameraInfo:
+    """A ``sensor_msgs/CameraInfo`` taken serialized: the calibration the node reads, and
+    the bytes to republish as they came.
+
+    ``k`` is the row-major 3x3 intrinsic matrix, as in the message; ``header`` an
+    rclpy ``std_msgs/Header``.
     """
+
+    serialized: bytes
+    header: Any
+    height: int
+    width: int
+    k: tuple[float, ...]
+
+    def for_header(self, header: Any) -> Any:
+        """What to publish beside an image with ``header``: these very bytes when the
+        headers agree (a driver stamps both alike), else the message with ``header``
+        (an approximate pairing)."""
+        if header == self.header:
+            return self.serialized
+        from rclpy.serialization import deserialize_message
+        from sensor_msgs.msg import CameraInfo
+
+        msg = deserialize_message(self.serialized, CameraInfo)
+        msg.header = header
+        return msg
+
+
+def parse_serialized_camera_info(serialized: bytes) -> SerializedCameraInfo:
+    """A :class:`SerializedCameraInfo` from a raw subscription's CDR bytes;
+    :class:`InputRejected` (``bad_message``) when they are not a ``sensor_msgs/CameraInfo``."""
+    try:
+        f = cdr.read_camera_info(serialized)
+    except cdr.READ_ERRORS as exc:
+        raise InputRejected(DropReason.BAD_MESSAGE, f"{len(serialized)} bytes are not a sensor_msgs/CameraInfo: {exc}") from exc
+    return SerializedCameraInfo(serialized, _header(f.sec, f.nanosec, f.frame_id), f.height, f.width, f.k)
+
+
+def _header(sec: int, nanosec: int, frame_id: str) -> Any:
     from builtin_interfaces.msg import Time
     from std_msgs.msg import Header
 
-    try:
-        sec, nanosec, frame_id, height, width, encoding, is_bigendian, step, start, size = _read_image_cdr(serialized)
-    except (struct.error, ValueError, IndexError) as exc:
-        raise InputRejected(DropReason.BAD_MESSAGE, f"{len(serialized)} bytes are not a sensor_msgs/Image: {exc}") from exc
-    header = Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
-    data = np.frombuffer(serialized, np.uint8, size, start)
-    return SerializedImage(serialized, header, height, width, encoding, is_bigendian, step, data)
-
-
-# CDR encapsulation kinds (the first two bytes): plain CDR, big and little endian.
-_CDR_BYTE_ORDER = {b"\x00\x00": ">", b"\x00\x01": "<"}
-
-
-def _read_image_cdr(buf: bytes) -> tuple[int, int, str, int, int, str, int, int, int, int]:
-    """The fields of a CDR-serialized ``sensor_msgs/Image``: stamp (sec, nanosec), frame_id,
-    height, width, encoding, is_bigendian, step, and where its ``data`` lies (offset, length).
-
-    Layout: 4 bytes of encapsulation, then the fields in order, each aligned to its
-    size counted from the end of the encapsulation; strings are a uint32 length
-    (with the terminating NUL) and the bytes; ``data`` a uint32 length and the bytes.
-    """
-    order = _CDR_BYTE_ORDER.get(bytes(buf[:2]))
-    if order is None:
-        raise ValueError(f"encapsulation {bytes(buf[:2]).hex()} is not plain CDR")
-    sec, nanosec = struct.unpack_from(order + "iI", buf, 4)
-    frame_id, pos = _read_cdr_string(buf, 12, order)
-    pos += -(pos - 4) % 4
-    height, width = struct.unpack_from(order + "II", buf, pos)
-    encoding, pos = _read_cdr_string(buf, pos + 8, order)
-    is_bigendian = buf[pos]
-    pos += 1
-    pos += -(pos - 4) % 4
-    step, size = struct.unpack_from(order + "II", buf, pos)
-    start = pos + 8
-    if start + size != len(buf):
-        raise ValueError(f"data of {size} bytes at offset {start} does not end the message ({len(buf)} bytes)")
-    return sec, nanosec, frame_id, height, width, encoding, is_bigendian, step, start, size
-
-
-def _read_cdr_string(buf: bytes, pos: int, order: str) -> tuple[str, int]:
-    """A CDR string at ``pos`` (4-aligned) and the offset after it."""
-    (n,) = struct.unpack_from(order + "I", buf, pos)
-    end = pos + 4 + n
-    if n == 0 or end > len(buf) or buf[end - 1] != 0:
-        raise ValueError(f"no NUL-terminated string of length {n} at offset {pos}")
-    return bytes(buf[pos + 4 : end - 1]).decode(), end
+    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
 def depth_from_msg(msg: Any, max_pixels: int) -> np.ndarray:

@@ -55,12 +55,14 @@ from . import params as P
 from .association import ApproxTimeSync, nearest_within
 from .convert import (
     InputRejected,
+    SerializedCameraInfo,
     SerializedImage,
     camera_info_to_intrinsics,
     depth_from_msg,
     fill_message,
     image_from_msg,
     output_image_msg,
+    parse_serialized_camera_info,
     parse_serialized_image,
     pose_from_msg,
     stamp_to_ns,
@@ -89,7 +91,7 @@ class _Input:
     image: Any  # np.ndarray, core layout
     stamp_ns: int
     arrival: float  # time.monotonic() at reception
-    info: Any = None
+    info: SerializedCameraInfo | None = None
     intrinsics: Any = None
     depth: Any = None
 
@@ -233,7 +235,7 @@ class RestoreNode(LifecycleNode):
         else:
             # Taken serialized: an image that goes out unchanged is republished as the bytes that came.
             subs = [self.create_subscription(Image, image_topic, self._on_image, in_qos, raw=True)]
-        subs.append(self.create_subscription(CameraInfo, c["camera_info_topic"], self._on_camera_info, in_qos))
+        subs.append(self.create_subscription(CameraInfo, c["camera_info_topic"], self._on_camera_info, in_qos, raw=True))
         pose_cls = PoseStamped if c["pose_type"] == "pose_stamped" else Odometry
         subs.append(self.create_subscription(pose_cls, c["pose_topic"], self._on_pose, in_qos))
         if c["fallback_pose_topic"]:
@@ -398,8 +400,12 @@ class RestoreNode(LifecycleNode):
             matched, evicted = self._sync.add(0, stamp, _Input(msg, image, stamp, arrival), arrival)
             self._handle_sync(matched, evicted)
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
+    def _on_camera_info(self, serialized: bytes) -> None:
         now = time.monotonic()
+        try:
+            msg = parse_serialized_camera_info(serialized)
+        except InputRejected as exc:
+            return self._reject(f"camera_info_{exc.kind}", str(exc))
         stamp = stamp_to_ns(msg.header.stamp)
         with self._lock:
             self._on_time_line("camera_info", stamp)  # late ones of the previous line still pair with their image
@@ -533,7 +539,7 @@ class RestoreNode(LifecycleNode):
         for src, info in matched:
             self._associated(src, info)
 
-    def _associated(self, src: _Input, info: CameraInfo) -> None:
+    def _associated(self, src: _Input, info: SerializedCameraInfo) -> None:
         try:
             src.intrinsics = camera_info_to_intrinsics(info)
         except InputRejected as exc:
@@ -544,7 +550,6 @@ class RestoreNode(LifecycleNode):
                 DropReason.CAMERA_INFO_MISMATCH,
                 f"camera_info is for {src.intrinsics.width}x{src.intrinsics.height} but the image is {w}x{h}",
             )
-        info.header = src.msg.header  # the output pair shares the image's header
         src.info = info
         self._awaiting_pose.append(src)
         self._release_awaiting_pose(time.monotonic())
@@ -663,7 +668,7 @@ class RestoreNode(LifecycleNode):
             return
         msg = out.image_msg
         self.pub_image.publish(msg.serialized if isinstance(msg, SerializedImage) else msg)
-        self.pub_info.publish(out.src.info)
+        self.pub_info.publish(out.src.info.for_header(msg.header))  # the output pair shares the image's header
         e2e_ms = (time.monotonic() - out.src.arrival) * 1e3
         if out.target:
             kfs = fill_message(KeyframeSet(), out.keyframe_set or {}, {"views": ViewInfo})
