@@ -668,7 +668,9 @@ class RestoreNode(LifecycleNode):
             return
         msg = out.image_msg
         self.pub_image.publish(msg.serialized if isinstance(msg, SerializedImage) else msg)
-        self.pub_info.publish(out.src.info.for_header(msg.header))  # the output pair shares the image's header
+        info = out.src.info
+        assert info is not None  # only images paired with a camera_info get this far
+        self.pub_info.publish(info.for_header(msg.header))  # the output pair shares the image's header
         e2e_ms = (time.monotonic() - out.src.arrival) * 1e3
         if out.target:
             kfs = fill_message(KeyframeSet(), out.keyframe_set or {}, {"views": ViewInfo})
