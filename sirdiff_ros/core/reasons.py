@@ -45,7 +45,7 @@ class DropReason(StrEnum):
     NOT_KEYFRAME = "not_keyframe"  # keyframes mode: non-keyframes are not republished
     DEACTIVATED = "deactivated"  # still waiting for its camera_info when the node was deactivated
     DECODE_BACKLOG = "decode_backlog"  # compressed input: the decoder queue was full
-    BAD_MESSAGE = "bad_message"  # raw input: bytes that do not deserialize as a sensor_msgs/Image
+    BAD_MESSAGE = "bad_message"  # raw input: bytes that are no sensor_msgs/Image (camera_info: rejected.camera_info_bad_message)
     # -- image decoding (core.image_codec) --
     BAD_ENCODING = "bad_encoding"
     ZERO_SIZE = "zero_size"

@@ -1,5 +1,5 @@
-"""Reading the two messages the node takes serialized, ``sensor_msgs/Image`` and
-``sensor_msgs/CameraInfo``, straight from their CDR bytes.
+"""A reader of plain-CDR bytes, for the messages the node takes serialized
+(``sensor_msgs/Image``, ``sensor_msgs/CameraInfo``: :mod:`sirdiff_ros.ros.convert`).
 
 A raw subscription hands the node the bytes DDS delivered. Reading the few
 fields it needs with ``struct`` costs a few microseconds and leaves the
@@ -18,9 +18,8 @@ ValueError, ``struct.error`` or IndexError (:data:`READ_ERRORS`).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
-__all__ = ["READ_ERRORS", "CdrReader", "ImageFields", "CameraInfoFields", "read_image", "read_camera_info"]
+__all__ = ["READ_ERRORS", "CdrReader"]
 
 READ_ERRORS = (ValueError, struct.error, IndexError)
 
@@ -85,62 +84,3 @@ class CdrReader:
         left = len(self.buf) - self.pos
         if left != 0 and left != -self.pos % 4:
             raise ValueError(f"{left} bytes left after the last field")
-
-
-@dataclass(frozen=True)
-class ImageFields:
-    sec: int
-    nanosec: int
-    frame_id: str
-    height: int
-    width: int
-    encoding: str
-    is_bigendian: int
-    step: int
-    data_offset: int
-    data_size: int
-
-
-@dataclass(frozen=True)
-class CameraInfoFields:
-    sec: int
-    nanosec: int
-    frame_id: str
-    height: int
-    width: int
-    distortion_model: str
-    d: tuple[float, ...]
-    k: tuple[float, ...]  # 9, row-major
-    r: tuple[float, ...]  # 9
-    p: tuple[float, ...]  # 12
-
-
-def read_image(buf: bytes) -> ImageFields:
-    """The fields of a serialized ``sensor_msgs/Image``; ``data`` as its place in ``buf``."""
-    r = CdrReader(buf)
-    sec, nanosec, frame_id = r.stamp_and_frame_id()
-    height, width = r.uint32(2)
-    encoding = r.string()
-    is_bigendian = r.uint8()
-    (step,) = r.uint32()
-    offset, size = r.byte_sequence()
-    r.end()
-    return ImageFields(sec, nanosec, frame_id, height, width, encoding, is_bigendian, step, offset, size)
-
-
-def read_camera_info(buf: bytes) -> CameraInfoFields:
-    """The calibration fields of a serialized ``sensor_msgs/CameraInfo`` (binning and ROI are
-    read past, to check the message's length, not returned)."""
-    r = CdrReader(buf)
-    sec, nanosec, frame_id = r.stamp_and_frame_id()
-    height, width = r.uint32(2)
-    distortion_model = r.string()
-    (n_d,) = r.uint32()
-    if n_d > len(buf) // 8:
-        raise ValueError(f"{n_d} distortion coefficients cannot fit in {len(buf)} bytes")
-    d = r.float64(n_d)
-    k, rect, p = r.float64(9), r.float64(9), r.float64(12)
-    r.uint32(6)  # binning_x, binning_y, roi.x_offset, roi.y_offset, roi.height, roi.width
-    r.uint8()  # roi.do_rectify
-    r.end()
-    return CameraInfoFields(sec, nanosec, frame_id, height, width, distortion_model, d, k, rect, p)

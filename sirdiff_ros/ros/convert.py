@@ -108,17 +108,22 @@ class SerializedImage:
 
 
 def parse_serialized_image(serialized: bytes) -> SerializedImage:
-    """A :class:`SerializedImage` from a raw subscription's CDR bytes (read by
-    :func:`sirdiff_ros.ros.cdr.read_image`: ``data`` is a read-only view of the
-    pixels in ``serialized``); :class:`InputRejected` (``bad_message``) when they
-    are not a ``sensor_msgs/Image``."""
+    """A :class:`SerializedImage` from a raw subscription's CDR bytes (``data`` is a
+    read-only view of the pixels in ``serialized``); :class:`InputRejected`
+    (``bad_message``) when they are not a ``sensor_msgs/Image``."""
     try:
-        f = cdr.read_image(serialized)
+        r = cdr.CdrReader(serialized)
+        header = _header(r)
+        height, width = r.uint32(2)
+        encoding = r.string()
+        is_bigendian = r.uint8()
+        (step,) = r.uint32()
+        offset, size = r.byte_sequence()
+        r.end()
     except cdr.READ_ERRORS as exc:
         raise InputRejected(DropReason.BAD_MESSAGE, f"{len(serialized)} bytes are not a sensor_msgs/Image: {exc}") from exc
-    data = np.frombuffer(serialized, np.uint8, f.data_size, f.data_offset)
-    return SerializedImage(serialized, _header(f.sec, f.nanosec, f.frame_id), f.height, f.width, f.encoding,
-                           f.is_bigendian, f.step, data)
+    data = np.frombuffer(serialized, np.uint8, size, offset)
+    return SerializedImage(serialized, header, height, width, encoding, is_bigendian, step, data)
 
 
 @dataclass
@@ -152,18 +157,34 @@ class SerializedCameraInfo:
 
 def parse_serialized_camera_info(serialized: bytes) -> SerializedCameraInfo:
     """A :class:`SerializedCameraInfo` from a raw subscription's CDR bytes;
-    :class:`InputRejected` (``bad_message``) when they are not a ``sensor_msgs/CameraInfo``."""
+    :class:`InputRejected` (``bad_message``) when they are not a ``sensor_msgs/CameraInfo``.
+
+    Every field is read, to check the message's length; size and K are kept."""
     try:
-        f = cdr.read_camera_info(serialized)
+        r = cdr.CdrReader(serialized)
+        header = _header(r)
+        height, width = r.uint32(2)
+        r.string()  # distortion_model
+        (n_d,) = r.uint32()
+        if n_d > len(serialized) // 8:
+            raise ValueError(f"{n_d} distortion coefficients cannot fit in {len(serialized)} bytes")
+        r.float64(n_d)  # d
+        k = r.float64(9)
+        r.float64(9 + 12)  # r, p
+        r.uint32(6)  # binning_x, binning_y, roi.x_offset, roi.y_offset, roi.height, roi.width
+        r.uint8()  # roi.do_rectify
+        r.end()
     except cdr.READ_ERRORS as exc:
         raise InputRejected(DropReason.BAD_MESSAGE, f"{len(serialized)} bytes are not a sensor_msgs/CameraInfo: {exc}") from exc
-    return SerializedCameraInfo(serialized, _header(f.sec, f.nanosec, f.frame_id), f.height, f.width, f.k)
+    return SerializedCameraInfo(serialized, header, height, width, k)
 
 
-def _header(sec: int, nanosec: int, frame_id: str) -> Any:
+def _header(r: cdr.CdrReader) -> Any:
+    """The ``std_msgs/Header`` at the reader's position, as an rclpy message."""
     from builtin_interfaces.msg import Time
     from std_msgs.msg import Header
 
+    sec, nanosec, frame_id = r.stamp_and_frame_id()
     return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
